@@ -1,0 +1,1 @@
+"""PyTorch reference implementations (exact on CPU, differentiable by autograd)."""
