@@ -1,0 +1,149 @@
+"""Typed configuration of a data build, loaded from YAML.
+
+An unknown key or a value of the wrong type is an error that names the key, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+
+SOURCE_FORMATS = ("taobao", "synthetic", "s3rec", "movielens", "amazon", "ratings_csv")
+PROTOCOLS = ("din", "dare", "loo", "users")
+
+
+@dataclass
+class SyntheticSource:
+    """Generated UserBehavior-layout data (see data_pipelines.synthetic.SyntheticConfig)."""
+
+    n_rows: int = 1_000_000
+    n_items: int = 50_000
+    n_categories: int = 500
+    mean_events: float = 60.0
+    length_sigma: float = 1.0
+    min_events: int = 5
+    max_events: int = 10_000
+    interests_per_user: int = 4
+    interest_prob: float = 0.9
+    stickiness: float = 0.7
+    seed: int = 0
+
+
+@dataclass
+class SourceConfig:
+    format: str = "synthetic"
+    paths: List[str] = field(default_factory=list)
+    # keep only these behaviour names (e.g. [pv] for DARE's Taobao protocol); empty = all
+    behaviors: List[str] = field(default_factory=list)
+    synthetic: SyntheticSource = field(default_factory=SyntheticSource)
+    # MovieLens / ratings: ratings >= this are positives
+    rating_threshold: float = 4.0
+    # S3-Rec: which attribute of an item is its category ("first" or "last")
+    category_attribute: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.format not in SOURCE_FORMATS:
+            raise ValueError(f"source.format must be one of {SOURCE_FORMATS}, got {self.format!r}")
+        if self.format != "synthetic" and not self.paths:
+            raise ValueError(f"source.paths is required for format {self.format!r}")
+
+
+@dataclass
+class ProtocolConfig:
+    """How samples are cut from timelines (see data_pipelines.samples)."""
+
+    name: str = "din"
+    max_length: int = 100          # L: the last L behaviours before the cut are the history
+    validation: bool = True        # hold out a validation target per user (din, loo)
+    negatives: str = "uniform"     # uniform | popularity
+    n_neg: int = 1                 # negatives per positive
+    min_length: Optional[int] = None   # dare: default max_length + 10
+    n_train_targets: int = 19      # dare: training targets per user
+    target_stride: int = 5         # dare: distance between training targets
+    user_split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # users protocol
+    history_fraction: float = 0.8  # users protocol: share of an eval user's items used as history
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ValueError(f"protocol.name must be one of {PROTOCOLS}, got {self.name!r}")
+        if self.negatives not in ("uniform", "popularity"):
+            raise ValueError(f"protocol.negatives must be 'uniform' or 'popularity', got {self.negatives!r}")
+        if self.max_length < 1 or self.n_neg < 0 or self.n_train_targets < 1 or self.target_stride < 1:
+            raise ValueError("protocol: max_length, n_train_targets, target_stride must be >= 1 and n_neg >= 0")
+
+
+@dataclass
+class DataConfig:
+    output: str
+    source: SourceConfig = field(default_factory=SourceConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    min_count: int = 1             # ids seen fewer times map to 1 (unknown)
+    partitions: int = 8            # timelines are partitioned by user hash
+    seed: int = 0
+    on_error: str = "skip"         # skip | raise
+    max_reject_rate: float = 0.01
+    block_size_mb: int = 64
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        if self.partitions < 1 or self.min_count < 1:
+            raise ValueError("partitions and min_count must be >= 1")
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise KeyError(f"{where or cls.__name__}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        values[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required key is missing
+        raise KeyError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _coerce(hint, value, where)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise TypeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise TypeError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def load_data_config(path: Path) -> DataConfig:
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    try:
+        return from_dict(DataConfig, raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)

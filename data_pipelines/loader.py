@@ -1,0 +1,149 @@
+"""Samples + timelines → torch batches, gathered with numpy on Arrow offsets.
+
+The timelines' flat values are memory-mapped (shared by DataLoader workers through the
+page cache); a batch's histories are one fancy-index gather per column: for sample i with
+timeline row r and cut c, the history is ``values[offsets[r] + max(c - L, 0) : offsets[r] + c]``
+(the last L behaviours before the cut, oldest first). No Python loop over rows.
+
+Sharding: the (optionally shuffled) sample order is split by DDP rank first, then by
+DataLoader worker. Under DDP every rank gets the same number of samples (``N // world_size``;
+the at most ``world_size - 1`` left over are not used, and the data module logs how many), so
+no rank waits on another that ran out of data. A single process always sees every sample.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .batch import Batch
+from .dataset import BuiltDataset
+
+
+def gather_histories(offsets: np.ndarray, rows: np.ndarray, cuts: np.ndarray, max_length: int):
+    """Flat positions of each sample's history.
+
+    Returns (positions [B, L] int64 clipped to valid indices, lengths [B]); entries at
+    ``j >= lengths[b]`` are padding (right-padded, most recent last).
+    """
+    start = offsets[rows] + np.maximum(cuts - max_length, 0)
+    lengths = np.minimum(cuts, max_length).astype(np.int64)
+    positions = start[:, None] + np.arange(max_length)[None, :]
+    valid = np.arange(max_length)[None, :] < lengths[:, None]
+    return np.where(valid, positions, 0), lengths, valid
+
+
+class SampleLoader(IterableDataset):
+    """Iterable of :class:`~data_pipelines.batch.Batch` over one split of a built dataset.
+
+    Args:
+        dataset: a built dataset directory or :class:`BuiltDataset`.
+        split: "train", "valid" or "test".
+        batch_size: rows per batch.
+        max_length: history length L (defaults to the length the data was built with).
+        form: "padded" ([B, L] + lengths) or "jagged" (values + [B + 1] offsets).
+        shuffle: reshuffle every epoch (seeded by ``seed`` and the epoch number).
+        rank, world_size: DDP sharding.
+        drop_last: drop the last incomplete batch of each shard.
+        with_timestamps: also gather ``hist_timestamp``.
+
+    Use ``DataLoader(loader, batch_size=None, num_workers=k)``; call ``set_epoch`` before
+    each epoch when shuffling (the Lightning data module does).
+    """
+
+    def __init__(self, dataset: Union[str, BuiltDataset], split: str, batch_size: int,
+                 max_length: Optional[int] = None, form: str = "padded", shuffle: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False, with_timestamps: bool = False) -> None:
+        super().__init__()
+        if form not in ("padded", "jagged"):
+            raise ValueError(f"form must be 'padded' or 'jagged', got {form!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.dataset = BuiltDataset.open(dataset)
+        self.split = split
+        self.batch_size = batch_size
+        self.max_length = max_length or self.dataset.max_length
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        self.form, self.shuffle, self.seed = form, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.with_timestamps = with_timestamps
+        self.epoch = 0
+        table = self.dataset.samples(split, columns=["row", "user", "cut", "target_item", "target_category", "label"])
+        self._columns = {name: table.column(name).to_numpy() for name in table.column_names}
+        self.num_samples = table.num_rows
+        self._flat = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard_size(self) -> int:
+        # equal shards across ranks; the few samples beyond world_size * shard are dropped
+        # for world_size > 1 only (logged by the data module), never for a single process
+        return self.num_samples if self.world_size == 1 else self.num_samples // self.world_size
+
+    def __len__(self) -> int:
+        n = self._shard_size()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _order(self) -> np.ndarray:
+        order = np.arange(self.num_samples)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        shard = self._shard_size()
+        return order[self.rank * shard:(self.rank + 1) * shard] if self.world_size > 1 else order
+
+    def _flat_arrays(self) -> dict:
+        if self._flat is None:  # opened lazily, once per worker process
+            names = ["item", "category", "behavior"] + (["timestamp"] if self.with_timestamps else [])
+            self._flat = {name: self.dataset.flat(name) for name in names}
+            self._flat["offsets"] = self.dataset.flat("offsets")
+        return self._flat
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self._order()
+        starts = np.arange(0, len(order), self.batch_size)
+        if self.drop_last and len(order) % self.batch_size:
+            starts = starts[:-1]
+        info = get_worker_info()
+        if info is not None:
+            starts = starts[info.id::info.num_workers]
+        for start in starts:
+            yield self.make_batch(order[start:start + self.batch_size])
+
+    def make_batch(self, index: np.ndarray) -> Batch:
+        """The Batch of the given sample indices (within this split)."""
+        flat = self._flat_arrays()
+        cols = {name: values[index] for name, values in self._columns.items()}
+        positions, lengths, valid = gather_histories(flat["offsets"], cols["row"], cols["cut"].astype(np.int64),
+                                                     self.max_length)
+        hist = {}
+        for name in flat:
+            if name == "offsets":
+                continue
+            gathered = np.asarray(flat[name])[positions] if self.form == "padded" else np.asarray(flat[name])[positions[valid]]
+            if self.form == "padded":
+                gathered = np.where(valid, gathered, 0)
+            hist[name] = torch.from_numpy(gathered.astype(np.int64))
+        offsets = None
+        if self.form == "jagged":
+            offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        return Batch(
+            user=torch.from_numpy(cols["user"].astype(np.int64)),
+            target_item=torch.from_numpy(cols["target_item"].astype(np.int64)),
+            target_category=torch.from_numpy(cols["target_category"].astype(np.int64)),
+            label=torch.from_numpy(cols["label"].astype(np.float32)),
+            lengths=torch.from_numpy(lengths),
+            hist_item=hist["item"],
+            hist_category=hist["category"],
+            hist_behavior=hist["behavior"],
+            hist_timestamp=hist.get("timestamp"),
+            offsets=offsets,
+            sample_index=torch.from_numpy(index.astype(np.int64)),
+        )

@@ -1,0 +1,239 @@
+"""Synthetic behaviour logs with planted structure, in the UserBehavior and Amazon layouts.
+
+The generator is the built-in data of the quickstart and of the scale benchmarks. It plants
+what target attention is supposed to find:
+
+* items have Zipf popularity, and every item belongs to exactly one category;
+* user lengths are long-tailed (log-normal, clipped to ``[min_events, max_events]``);
+* every user has ``interests_per_user`` latent interests (categories drawn by category
+  popularity) with Dirichlet weights, and draws each event from one of them with
+  probability ``interest_prob`` (otherwise from the whole catalogue);
+* interests come in sessions: the next event keeps the previous event's interest with
+  probability ``stickiness``, so the most recent behaviours of the target's interest are
+  the informative ones.
+
+A pooled history blurs several interests into one vector; a target-attention model can
+pick the behaviours of the candidate's category, so on this data DIN should beat the
+pooled-history baseline.
+
+Everything is deterministic for a seed, and rows are generated in chunks of users so 100M
+rows stream in bounded memory. The planted interests are returned by
+:func:`planted_interests` (recomputed from the seed, nothing is stored) so analyses can
+check which behaviours are relevant to a target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from .schema import BEHAVIORS
+
+START_TIME = 1511539200  # 2017-11-25 00:00 UTC, the first day of the public UserBehavior window
+# pv, cart, fav, buy shares of the public UserBehavior file (about 89.6% / 5.5% / 2.9% / 2.0%)
+BEHAVIOR_MIX = np.array([0.896, 0.055, 0.029, 0.020])
+BEHAVIOR_NAMES = np.array(["pv", "cart", "fav", "buy"])
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Shape of the generated data (all counts are exact for a seed)."""
+
+    n_rows: int = 1_000_000
+    n_items: int = 50_000
+    n_categories: int = 500
+    mean_events: float = 60.0          # mean user length before clipping
+    length_sigma: float = 1.0          # log-normal sigma of user lengths (long tail)
+    min_events: int = 5
+    max_events: int = 10_000
+    interests_per_user: int = 4
+    interest_prob: float = 0.9
+    stickiness: float = 0.7
+    item_zipf: float = 1.1
+    category_zipf: float = 1.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_rows < 1 or self.n_items < self.n_categories or self.n_categories < self.interests_per_user:
+            raise ValueError("need n_rows >= 1, n_items >= n_categories >= interests_per_user")
+        if not 1 <= self.min_events <= self.max_events:
+            raise ValueError("need 1 <= min_events <= max_events")
+
+
+class _Catalogue:
+    """Item → category ownership and the popularity of items inside each category."""
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        rng = np.random.default_rng([cfg.seed, 1])
+        ranks = np.arange(1, cfg.n_categories + 1, dtype=np.float64)
+        self.category_prob = ranks ** -cfg.category_zipf
+        self.category_prob /= self.category_prob.sum()
+        # every category owns at least one item; the rest follow category popularity
+        extra = rng.multinomial(cfg.n_items - cfg.n_categories, self.category_prob)
+        sizes = extra + 1
+        self.item_category = np.repeat(np.arange(cfg.n_categories), sizes)       # [n_items]
+        self.category_start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.category_size = sizes
+        # raw ids are shuffled so that id order says nothing about popularity
+        self.raw_item_id = rng.permutation(cfg.n_items).astype(np.int64) * 7 + 1_000_003
+        self.raw_category_id = rng.permutation(cfg.n_categories).astype(np.int64) * 13 + 2_000_003
+        self.item_zipf = cfg.item_zipf
+
+    def sample_items(self, rng: np.random.Generator, categories: np.ndarray) -> np.ndarray:
+        """One item per entry of ``categories``, Zipf-popular within its category."""
+        size = self.category_size[categories]
+        # inverse-CDF of a truncated Zipf-like law on ranks 1..size (continuous approximation)
+        u = rng.random(len(categories))
+        a = 1.0 - self.item_zipf
+        rank = np.floor(((size ** a - 1.0) * u + 1.0) ** (1.0 / a)).astype(np.int64) - 1
+        rank = np.clip(rank, 0, size - 1)
+        return self.category_start[categories] + rank
+
+
+def _user_lengths(cfg: SyntheticConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+    mu = np.log(cfg.mean_events) - cfg.length_sigma ** 2 / 2
+    return np.clip(np.round(rng.lognormal(mu, cfg.length_sigma, n)), cfg.min_events, cfg.max_events).astype(np.int64)
+
+
+def _user_interests(cfg: SyntheticConfig, cat: _Catalogue, user_seed: int, n_users: int):
+    rng = np.random.default_rng([cfg.seed, 2, user_seed])
+    k = cfg.interests_per_user
+    # Gumbel top-k: k distinct categories per user, drawn by category popularity
+    keys = np.log(cat.category_prob)[None, :] + rng.gumbel(size=(n_users, cfg.n_categories))
+    interests = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+    weights = rng.dirichlet(np.ones(k), size=n_users)
+    return interests, weights
+
+
+def _users_per_chunk(cfg: SyntheticConfig) -> int:
+    # bounded memory: the interest draw holds a [users, n_categories] float matrix
+    return int(max(1_000, min(20_000, 10_000_000 // cfg.n_categories)))
+
+
+def _chunks(cfg: SyntheticConfig) -> Iterator[dict]:
+    """Yield column dicts of events, users in id order, events in time order per user."""
+    cat = _Catalogue(cfg)
+    users_per_chunk = _users_per_chunk(cfg)
+    remaining, chunk_index, next_user = cfg.n_rows, 0, 1
+    while remaining > 0:
+        rng = np.random.default_rng([cfg.seed, 3, chunk_index])
+        lengths = _user_lengths(cfg, rng, users_per_chunk)
+        ends = np.cumsum(lengths)
+        keep = int(np.searchsorted(ends, remaining, side="left")) + 1
+        lengths = lengths[:keep]
+        lengths[-1] -= max(int(lengths.sum()) - remaining, 0)          # exact row count
+        lengths = lengths[lengths > 0]
+        n_users, total = len(lengths), int(lengths.sum())
+        interests, weights = _user_interests(cfg, cat, chunk_index, users_per_chunk)
+        interests, weights = interests[:n_users], weights[:n_users]
+        owner = np.repeat(np.arange(n_users), lengths)                   # [total] local user
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        # sticky interest choice: a fresh draw where the session switches, else carry over
+        fresh_slot = (rng.random((total, 1)) > np.cumsum(weights[owner], axis=1)).sum(1)
+        fresh_slot = np.minimum(fresh_slot, cfg.interests_per_user - 1)
+        switch = rng.random(total) >= cfg.stickiness
+        switch[first] = True
+        last_switch = np.maximum.accumulate(np.where(switch, np.arange(total), 0))
+        slot = fresh_slot[last_switch]
+        category = interests[owner, slot]
+        noise = rng.random(total) >= cfg.interest_prob
+        category[noise] = rng.choice(cfg.n_categories, size=int(noise.sum()), p=cat.category_prob)
+        item = cat.sample_items(rng, category)
+        gaps = rng.exponential(900.0, total).astype(np.int64) + 1
+        gaps[first] = rng.integers(0, 3600 * 24, n_users)
+        timestamp = START_TIME + np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first] - gaps[first], lengths)
+        behavior = rng.choice(4, size=total, p=BEHAVIOR_MIX / BEHAVIOR_MIX.sum())
+        yield {
+            "user": (next_user + owner).astype(np.int64),
+            "item": cat.raw_item_id[item],
+            "category": cat.raw_category_id[cat.item_category[item]],
+            "behavior": behavior,
+            "timestamp": timestamp,
+        }
+        next_user += n_users
+        remaining -= total
+        chunk_index += 1
+
+
+def generate_userbehavior(path: Path, n_rows: int = 1_000_000, seed: int = 0,
+                          config: Optional[SyntheticConfig] = None, progress: bool = False) -> Path:
+    """Write a UserBehavior-layout CSV (no header; gzip when ``path`` ends in .gz).
+
+    Columns ``user_id,item_id,category_id,behavior_type,timestamp``, exactly ``n_rows`` rows,
+    grouped by user like the public file. Returns ``path``.
+    """
+    cfg = config or SyntheticConfig(n_rows=n_rows, seed=seed)
+    if config is not None and (config.n_rows != n_rows and n_rows != 1_000_000):
+        raise ValueError("give n_rows either directly or in config, not both")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    compression = "gzip" if path.suffix == ".gz" else None
+    bar = _progress(cfg.n_rows, progress, f"generating {path.name}")
+    with pa.output_stream(str(tmp), compression=compression) as sink:
+        options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+        writer = None
+        for cols in _chunks(cfg):
+            table = pa.table({
+                "user_id": cols["user"], "item_id": cols["item"], "category_id": cols["category"],
+                "behavior_type": pa.DictionaryArray.from_arrays(pa.array(cols["behavior"].astype(np.int32)),
+                                                                pa.array(BEHAVIOR_NAMES)).cast(pa.string()),
+                "timestamp": cols["timestamp"],
+            })
+            if writer is None:
+                writer = pacsv.CSVWriter(sink, table.schema, write_options=options)
+            writer.write_table(table)
+            bar.update(table.num_rows)
+        if writer is not None:
+            writer.close()
+    bar.close()
+    tmp.replace(path)
+    return path
+
+
+def generate_amazon(reviews_path: Path, meta_path: Path, n_rows: int = 100_000, seed: int = 0,
+                    config: Optional[SyntheticConfig] = None) -> "tuple[Path, Path]":
+    """Write the same planted data in the Amazon 2014 layout: JSON-lines reviews
+    (``reviewerID, asin, overall, unixReviewTime``) and a metadata file of Python-literal
+    lines (``{'asin': ..., 'categories': [[...]]}``) whose last category path ends with the
+    item's category, as DIN's preprocessing reads it."""
+    import json
+
+    cfg = config or SyntheticConfig(n_rows=n_rows, seed=seed)
+    cat = _Catalogue(cfg)
+    reviews_path, meta_path = Path(reviews_path), Path(meta_path)
+    with open(reviews_path, "w") as out:
+        for cols in _chunks(cfg):
+            for u, i, t in zip(cols["user"].tolist(), cols["item"].tolist(), cols["timestamp"].tolist()):
+                out.write(json.dumps({"reviewerID": f"U{u:08d}", "asin": f"B{i:09d}", "overall": 5.0,
+                                      "unixReviewTime": t}) + "\n")
+    with open(meta_path, "w") as out:
+        for item in range(cfg.n_items):
+            category = int(cat.raw_category_id[cat.item_category[item]])
+            record = {"asin": f"B{int(cat.raw_item_id[item]):09d}", "categories": [["Root", f"C{category}"]]}
+            out.write(repr(record) + "\n")
+    return reviews_path, meta_path
+
+
+def planted_interests(config: SyntheticConfig) -> "tuple[np.ndarray, np.ndarray]":
+    """Raw user ids [U] and raw category ids of each user's planted interests [U, K],
+    in the order the generator assigns them (recomputed from the seed)."""
+    cat = _Catalogue(config)
+    users, interests = [], []
+    for chunk_index, cols in enumerate(_chunks(config)):
+        first_user = int(cols["user"][0])
+        n_users = int(cols["user"][-1]) - first_user + 1
+        chosen, _ = _user_interests(config, cat, chunk_index, _users_per_chunk(config))
+        users.append(np.arange(first_user, first_user + n_users, dtype=np.int64))
+        interests.append(cat.raw_category_id[chosen[:n_users]])
+    return np.concatenate(users), np.concatenate(interests)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="rows", unit_scale=True)
