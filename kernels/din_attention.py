@@ -1,0 +1,67 @@
+"""Op 1, DIN activation-unit attention: public function and backend dispatcher.
+
+    pooled[b] = Σ_j w_bj · values[b, j],   w = score (DIN paper) or softmax(score) (official code),
+    score_bj  = MLP([q_b, k_bj, q_b − k_bj, q_b ⊙ k_bj])
+
+``backend="torch"`` is the PyTorch reference (exact, the CPU path); ``"triton"`` the fused
+Triton kernel (CUDA, or the interpreter with ``TRITON_INTERPRET=1``); ``"auto"`` picks
+triton for CUDA tensors when triton imports, else torch. ``last_backend()`` says which ran.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import Tensor
+
+from .reference.din_attention import HiddenLayer, din_attention_padded
+from .validation import KernelInputError, check_float, choose_backend, jagged_to_padded, resolve_rows
+
+_LAST = {"backend": None}
+
+
+def last_backend() -> Optional[str]:
+    """The backend the most recent call in this process ran ("torch" or "triton")."""
+    return _LAST["backend"]
+
+
+def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None, *,
+                  hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor,
+                  values: Optional[Tensor] = None, use_softmax: bool = False, offsets: Optional[Tensor] = None,
+                  backend: str = "auto") -> Tensor:
+    """DIN attention pooling.
+
+    Args:
+        query: [B, D] target embeddings.
+        keys: [B, L, D] padded (with ``lengths`` [B]) or [N, D] jagged (with ``offsets`` [B + 1]).
+        hidden: attention-MLP hidden layers; the first has weight [4D, H1] (rows for q, k, q−k, q⊙k).
+        out_weight: [H_last]; out_bias: [] scalar.
+        values: what is pooled, same layout as keys (default: keys), width Dv.
+        use_softmax: normalise scores over each row's valid behaviours.
+    Returns:
+        pooled [B, Dv]; rows with no behaviours pool to zeros.
+    """
+    batch = query.shape[0] if query.dim() == 2 else -1
+    check_float("query", query, 2)
+    jagged, row_lengths, offsets = resolve_rows(keys, lengths, offsets, batch)
+    check_float("keys", keys, keys.dim(), query.dtype, query.device)
+    if keys.shape[-1] != query.shape[-1]:
+        raise KernelInputError(f"keys width {keys.shape[-1]} != query width {query.shape[-1]}")
+    if values is not None:
+        check_float("values", values, keys.dim(), query.dtype, query.device)
+        if values.shape[:-1] != keys.shape[:-1]:
+            raise KernelInputError(f"values {tuple(values.shape)} must match keys {tuple(keys.shape)} except the last dim")
+    if not hidden:
+        raise KernelInputError("the attention MLP needs at least one hidden layer")
+    if hidden[0].weight.shape[0] != 4 * query.shape[-1]:
+        raise KernelInputError(f"first hidden weight must be [4D={4 * query.shape[-1]}, H], got {tuple(hidden[0].weight.shape)}")
+    chosen = choose_backend(backend, query, keys)
+    _LAST["backend"] = chosen
+    if chosen == "triton":
+        from .triton.din_attention import din_attention_triton
+        return din_attention_triton(query, keys, row_lengths, offsets if jagged else None, hidden, out_weight,
+                                    out_bias, values, use_softmax)
+    if jagged:
+        keys = jagged_to_padded(keys, offsets, row_lengths)
+        values = None if values is None else jagged_to_padded(values, offsets, row_lengths)
+    return din_attention_padded(query, keys, row_lengths, hidden, out_weight, out_bias, values, use_softmax)
