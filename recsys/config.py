@@ -1,0 +1,195 @@
+"""Typed run configs: YAML → dataclasses and a model bound by ``class_path``/``init_args``.
+
+Binding and type checking go through jsonargparse (the LightningCLI convention): the model
+section names a ``RankingModel`` subclass (short name ``DIN`` or the full path
+``models.din.DIN``) and its constructor arguments; an unknown key anywhere, or a value of
+the wrong type, is an error that names the key. The model's ``features`` argument is not
+in the config: it comes from the built data's vocabularies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import yaml
+from jsonargparse import ArgumentParser, Namespace
+
+from models.base import RankingModel
+from models.registry import MODELS  # noqa: F401  (imports every model so short names resolve)
+
+
+class ConfigError(ValueError):
+    """A run config is malformed; the message names the file and the key."""
+
+
+@dataclass
+class DataSection:
+    """Where the samples come from and how they are batched.
+
+    path: a built dataset directory; build: a data build config (YAML) that is built first
+    when its output does not exist yet. Give one of them.
+    """
+
+    path: Optional[str] = None
+    build: Optional[str] = None
+    batch_size: int = 1024
+    eval_batch_size: int = 4096
+    max_length: Optional[int] = None
+    form: str = "padded"
+    num_workers: int = 0
+
+
+@dataclass
+class OptimizerSection:
+    """name: adam | adamw | sgd. schedule: none | exponential (gamma per epoch) | step
+    (gamma every step_size epochs) | plateau (gamma when the monitored metric stalls)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    schedule: str = "none"
+    gamma: float = 0.5
+    step_size: int = 1
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainerSection:
+    max_epochs: int = 2
+    accelerator: str = "cpu"
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    gradient_clip_val: Optional[float] = None
+    early_stopping_patience: int = 2
+    monitor: str = "valid/auc"
+    val_check_interval: float = 1.0
+    log_every_n_steps: int = 50
+    limit_train_batches: Optional[Union[int, float]] = None
+    limit_val_batches: Optional[Union[int, float]] = None
+    num_threads: Optional[int] = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class PublishedResult:
+    """The published figure a run is compared against in reports."""
+
+    metric: str = "auc"
+    value: Optional[float] = None
+    source: str = ""
+    protocol: str = ""
+
+
+@dataclass
+class RunConfig:
+    model: Namespace
+    data: DataSection = field(default_factory=DataSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    seed: int = 0
+    output_dir: str = "runs/run"
+    name: Optional[str] = None
+    aux_loss_weights: Dict[str, float] = field(default_factory=dict)
+    published: PublishedResult = field(default_factory=PublishedResult)
+
+    @property
+    def model_class(self) -> type:
+        module, _, name = self.model.class_path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    @property
+    def model_init_args(self) -> Dict[str, Any]:
+        args = self.model.get("init_args") or Namespace()
+        return dict(args.as_dict() if isinstance(args, Namespace) else args)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or Path(self.output_dir).name
+
+    def to_dict(self) -> dict:
+        out = {"model": {"class_path": self.model.class_path, "init_args": self.model_init_args}}
+        for key in ("data", "optimizer", "trainer", "published"):
+            out[key] = asdict(getattr(self, key))
+        out.update(seed=self.seed, output_dir=self.output_dir, name=self.name,
+                   aux_loss_weights=dict(self.aux_loss_weights))
+        return out
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False, default_env=False)
+    parser.add_subclass_arguments(RankingModel, "model", skip={"features"}, instantiate=False, required=True)
+    parser.add_class_arguments(DataSection, "data", instantiate=False)
+    parser.add_class_arguments(OptimizerSection, "optimizer", instantiate=False)
+    parser.add_class_arguments(TrainerSection, "trainer", instantiate=False)
+    parser.add_class_arguments(PublishedResult, "published", instantiate=False)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", type=str, default="runs/run")
+    parser.add_argument("--name", type=Optional[str], default=None)
+    parser.add_argument("--aux_loss_weights", type=Dict[str, float], default={})
+    return parser
+
+
+def parse_config(raw: dict, source: str = "<config>") -> RunConfig:
+    """Validate a config mapping and bind it to RunConfig."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if "model" not in raw:
+        raise ConfigError(f"{source}: missing the 'model' section (class_path + init_args)")
+    try:
+        ns = _parser().parse_object(raw)
+    except Exception as exc:  # jsonargparse raises ArgumentError with a readable message
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{source}: {message}") from None
+    section = lambda cls, key: cls(**ns[key].as_dict())  # noqa: E731
+    config = RunConfig(model=ns.model, data=section(DataSection, "data"),
+                       optimizer=section(OptimizerSection, "optimizer"), trainer=section(TrainerSection, "trainer"),
+                       seed=ns.seed, output_dir=ns.output_dir, name=ns.name,
+                       aux_loss_weights=dict(ns.aux_loss_weights), published=section(PublishedResult, "published"))
+    _check_values(config, source)
+    return config
+
+
+def _check_values(config: RunConfig, source: str) -> None:
+    data = config.data
+    if (data.path is None) == (data.build is None):
+        raise ConfigError(f"{source}: data needs exactly one of 'path' (a built dataset) or 'build' (a data config)")
+    if data.form not in ("padded", "jagged"):
+        raise ConfigError(f"{source}: data.form must be 'padded' or 'jagged', got {data.form!r}")
+    if config.optimizer.name not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"{source}: optimizer.name must be adam, adamw or sgd, got {config.optimizer.name!r}")
+    if config.optimizer.schedule not in ("none", "exponential", "step", "plateau"):
+        raise ConfigError(f"{source}: optimizer.schedule must be none, exponential, step or plateau, "
+                          f"got {config.optimizer.schedule!r}")
+    if data.batch_size < 1 or data.eval_batch_size < 1:
+        raise ConfigError(f"{source}: batch sizes must be >= 1")
+
+
+def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> RunConfig:
+    """Load a YAML run config; ``overrides`` ({"seed": 1, "trainer.max_epochs": 3}) are
+    applied on top (dotted keys address nested sections)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        target = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    config = parse_config(raw, str(path))
+    # relative data paths are relative to the working directory, as documented
+    return config
+
+
+def save_config(config: RunConfig, path: Union[str, Path]) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

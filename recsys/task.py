@@ -1,0 +1,109 @@
+"""The Lightning ranking task: BCE + the model's auxiliary losses + its regularisation."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data_pipelines.batch import Batch
+from models.base import RankingModel
+
+from .config import OptimizerSection
+from .metrics import ctr_metrics
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and batch."""
+
+
+class RankingTask(L.LightningModule):
+    """Trains a RankingModel with ``loss = BCE + Σ w_name · aux_name + regularization``.
+
+    Auxiliary losses the model returns are weighted by ``aux_loss_weights[name]`` (1.0 when
+    not configured, the weight the papers use). Validation collects scores of the whole
+    split and logs AUC, GAUC (by user) and logloss as ``valid/auc`` etc.
+    """
+
+    def __init__(self, model: RankingModel, optimizer: OptimizerSection,
+                 aux_loss_weights: Optional[Dict[str, float]] = None, monitor: str = "valid/auc") -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_config = optimizer
+        self.aux_loss_weights = dict(aux_loss_weights or {})
+        self.monitor = monitor
+        self._val_outputs: List[tuple] = []
+        self.samples_seen = 0   # training samples processed by this rank (for samples/s)
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        return batch.to(device)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch).logit
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        output = self.model(batch)
+        bce = F.binary_cross_entropy_with_logits(output.logit, batch.label)
+        loss = bce
+        for name, value in output.aux_losses.items():
+            loss = loss + self.aux_loss_weights.get(name, 1.0) * value
+            self.log(f"train/aux_{name}", value.detach(), batch_size=batch.size)
+        reg = self.model.regularization(batch)
+        loss = loss + reg
+        if not torch.isfinite(loss):
+            rows = batch.sample_index[:5].tolist() if batch.sample_index is not None else "n/a"
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}; bce={bce.item()}, regularization={reg.item()}, aux="
+                f"{ {k: v.item() for k, v in output.aux_losses.items()} }); first sample rows of the batch: {rows}. "
+                "Lower the learning rate or enable gradient clipping (trainer.gradient_clip_val).")
+        self.samples_seen += batch.size
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
+        self.log("train/bce", bce.detach(), batch_size=batch.size)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        loader = getattr(self.trainer.datamodule, "train_loader", None)
+        if loader is not None:
+            loader.set_epoch(self.current_epoch)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        logit = self.model(batch).logit
+        self._val_outputs.append((torch.sigmoid(logit).float(), batch.label, batch.user))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        prob, label, user = (torch.cat(parts) for parts in zip(*self._val_outputs))
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:   # equal shard sizes per rank (see SampleLoader)
+            prob, label, user = (self.all_gather(t).reshape(-1) for t in (prob, label, user))
+        metrics = ctr_metrics(label.cpu().numpy(), prob.cpu().numpy(), user.cpu().numpy())
+        for key in ("auc", "gauc", "logloss"):
+            value = metrics[key]
+            self.log(f"valid/{key}", float(value) if np.isfinite(value) else 0.0, prog_bar=key == "auc",
+                     sync_dist=False, rank_zero_only=False)
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.name == "adam":
+            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.name == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.schedule == "none":
+            return optimizer
+        if cfg.schedule == "exponential":
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+        elif cfg.schedule == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        else:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.gamma,
+                                                                   patience=0, min_lr=cfg.min_lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
