@@ -1,0 +1,178 @@
+"""The `recsys` command: data, fit, evaluate, report, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+EPILOG = "Docs: README.md, docs/cli.md, docs/data.md. Each subcommand has its own --help."
+
+
+def _overrides(pairs: List[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_fit(args) -> None:
+    from .runner import fit_from_yaml
+    overrides = _overrides(args.set)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    out = fit_from_yaml(args.config, overrides, progress=not args.quiet)
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    test = metrics.get("splits", {}).get("test", {})
+    print(f"run: {out}\ntest AUC {test.get('auc', float('nan')):.4f}  GAUC {test.get('gauc', float('nan')):.4f}  "
+          f"logloss {test.get('logloss', float('nan')):.4f}")
+
+
+def cmd_evaluate(args) -> None:
+    from .runner import evaluate
+    result = evaluate(args.run, splits=args.split)
+    print(json.dumps(result["splits"], indent=2))
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+    path = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title)
+    print(f"report: {path}\nmarkdown: {path.with_name('report.md')}")
+
+
+def cmd_quickstart(args) -> None:
+    from .quickstart import run_quickstart
+    report = run_quickstart(Path(args.out), rows=args.rows, epochs=args.epochs, progress=not args.quiet)
+    print(f"\nreport: {report.resolve()}")
+    print(report.with_name("report.md").read_text())
+
+
+def cmd_data_generate(args) -> None:
+    from data_pipelines.synthetic import SyntheticConfig, generate_amazon, generate_userbehavior
+    config = SyntheticConfig(n_rows=args.rows, seed=args.seed, n_items=args.items, n_categories=args.categories,
+                             max_events=args.max_events)
+    if args.layout == "userbehavior":
+        path = generate_userbehavior(Path(args.out), args.rows, config=config, progress=True)
+        print(f"wrote {args.rows} rows to {path}")
+    else:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        reviews, meta = generate_amazon(out / "reviews.json", out / "meta.json", config=config)
+        print(f"wrote {reviews} and {meta}")
+
+
+def cmd_data_build(args) -> None:
+    from data_pipelines.build import build_from_yaml, load_manifest
+    out = build_from_yaml(args.config, overwrite=args.overwrite, progress=not args.quiet)
+    manifest = load_manifest(out)
+    print(f"dataset: {out}\nusers {manifest['users']}, events {manifest['events']}, samples "
+          f"{manifest['split_samples']}, vocab sizes {manifest['vocab_sizes']}, built in {manifest['build_seconds']} s")
+
+
+def cmd_data_inspect(args) -> None:
+    from data_pipelines.build import load_manifest
+    manifest = load_manifest(args.dataset)
+    manifest.pop("config", None)
+    print(json.dumps(manifest, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description="CTR prediction and multi-interest modelling: "
+                                     "build data, train, evaluate and report.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="generate data, train DIN / pooled baseline / FinalMLP, write the report",
+                       description="Runs the main job end to end on built-in generated data (no download): "
+                       "generates UserBehavior-layout logs with planted interests, builds DIN-protocol samples, "
+                       "trains DIN, its pooled-history baseline and FinalMLP on CPU, evaluates on test, writes "
+                       "an HTML report.")
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--rows", type=int, default=600_000, help="generated events (default: 600000)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs per model (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("fit", help="train a model from a YAML run config",
+                       description="Trains the model of a run config (configs/*.yaml), selects the best epoch on the "
+                       "validation split, exports model.safetensors and writes metrics.json with test metrics.")
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set trainer.max_epochs=3 (repeatable)")
+    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="score a finished run on a split",
+                       description="Reloads a run's safetensors weights and scores the given splits; updates metrics.json.")
+    p.add_argument("run", help="run directory written by `recsys fit`")
+    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="HTML + Markdown report of one or more runs",
+                       description="Writes report.html (ROC, calibration, training curves, side-by-side table) "
+                       "and report.md for the given run directories.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="runs/report", help="output directory (default: runs/report)")
+    p.add_argument("--title", default="recsys report")
+    p.set_defaults(func=cmd_report)
+
+    data = sub.add_parser("data", help="generate synthetic logs, build datasets, inspect them",
+                          description="Data commands: generate, build, inspect.")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    p = dsub.add_parser("generate", help="write synthetic logs with planted interests",
+                        description="Writes synthetic logs in the UserBehavior CSV layout (gzip if OUT ends in .gz) "
+                        "or the Amazon 2014 reviews + metadata layout (OUT is a directory).")
+    p.add_argument("out")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--categories", type=int, default=500)
+    p.add_argument("--max-events", type=int, default=10_000, help="longest user history")
+    p.add_argument("--layout", choices=["userbehavior", "amazon"], default="userbehavior")
+    p.set_defaults(func=cmd_data_generate)
+    p = dsub.add_parser("build", help="raw logs → vocabularies, timelines, samples (from a data config)",
+                        description="Builds a dataset from a data config (configs/data/*.yaml). An existing complete "
+                        "build of the same config is reused; --overwrite replaces a different one.")
+    p.add_argument("config")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_data_build)
+    p = dsub.add_parser("inspect", help="print a built dataset's manifest (counts, vocab sizes, rejections)")
+    p.add_argument("dataset")
+    p.set_defaults(func=cmd_data_inspect)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from data_pipelines.rejections import DataError
+    from kernels.validation import KernelInputError
+    from .config import ConfigError
+    from .runner import CheckpointError
+    from .task import NonFiniteLossError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        import logging
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except (ConfigError, CheckpointError, DataError, KernelInputError, NonFiniteLossError, FileNotFoundError,
+            FileExistsError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
