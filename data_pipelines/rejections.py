@@ -46,6 +46,7 @@ class RejectionReport:
     max_reject_rate: float = 0.01
     max_examples: int = 5
     counts: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)   # rows kept but changed (e.g. unknown category → 1)
     examples: Dict[str, List[Rejection]] = field(default_factory=dict)
     accepted: int = 0
 
@@ -68,6 +69,12 @@ class RejectionReport:
         if len(bucket) < self.max_examples:
             bucket.append(example)
 
+    def note(self, reason: str, count: int = 1) -> None:
+        """Count rows that were kept but handled in a documented way (e.g. an item without
+        attributes gets the unknown category)."""
+        if count:
+            self.notes[reason] += count
+
     def check_rate(self) -> None:
         total = self.accepted + self.rejected
         if total and self.rejected / total > self.max_reject_rate:
@@ -76,19 +83,21 @@ class RejectionReport:
                 f"max_reject_rate={self.max_reject_rate:.2%}:\n{self.summary()}")
 
     def summary(self) -> str:
+        notes = "".join(f"\n  kept with handling: {r}: {n}" for r, n in self.notes.most_common())
         if not self.counts:
-            return f"no rows rejected ({self.accepted} accepted)"
+            return f"no rows rejected ({self.accepted} accepted)" + notes
         lines = [f"{self.rejected} rows rejected, {self.accepted} accepted:"]
         for reason, n in self.counts.most_common():
             lines.append(f"  {reason}: {n}")
             lines.extend(f"    e.g. {ex.describe()}" for ex in self.examples.get(reason, []))
-        return "\n".join(lines)
+        return "\n".join(lines) + notes
 
     def to_dict(self) -> dict:
         return {
             "accepted": self.accepted,
             "rejected": self.rejected,
             "counts": dict(self.counts),
+            "notes": dict(self.notes),
             "examples": {r: [vars(e) for e in exs] for r, exs in self.examples.items()},
         }
 
