@@ -49,6 +49,20 @@ class RejectionReport:
     notes: Counter = field(default_factory=Counter)   # rows kept but changed (e.g. unknown category → 1)
     examples: Dict[str, List[Rejection]] = field(default_factory=dict)
     accepted: int = 0
+    _deferred: Optional[List[Rejection]] = None
+
+    def defer(self) -> None:
+        """In raise mode, collect rejections until ``flush`` (readers that see a block of
+        rows at once use it so the error names the first bad line, not the first found)."""
+        if self.on_error == "raise":
+            self._deferred = []
+
+    def flush(self) -> None:
+        """Raise for the earliest deferred rejection, if any."""
+        pending, self._deferred = self._deferred, ([] if self._deferred is not None else None)
+        if pending:
+            first = min(pending, key=lambda e: (e.line is None, e.line or 0))
+            raise DataError(f"bad input row: {first.describe()}")
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "raise"):
@@ -63,6 +77,9 @@ class RejectionReport:
         """Record ``count`` rejected rows of one reason (the example is the first of them)."""
         example = Rejection(reason, str(file), line, field, None if value is None else str(value)[:200])
         if self.on_error == "raise":
+            if self._deferred is not None:
+                self._deferred.append(example)
+                return
             raise DataError(f"bad input row: {example.describe()}")
         self.counts[reason] += count
         bucket = self.examples.setdefault(reason, [])

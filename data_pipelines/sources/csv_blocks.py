@@ -157,6 +157,7 @@ def _read(path, columns, validators, fast_types, report, delimiter, header, bloc
             report.reject("truncated_file", str(path), line=tracker.consumed + 1, value=str(exc))
             break
         n = batch.num_rows
+        report.defer()
         if block < state.skip_blocks:
             block += 1
             field_count_errors.clear()
@@ -183,6 +184,7 @@ def _read(path, columns, validators, fast_types, report, delimiter, header, bloc
                 bad = bad & good
                 _reject_rows(report, path, tracker, bad, reason, None, None, original)
                 good &= ~bad
+        report.flush()
         tracker.advance(n)
         if not good.all():
             mask = pa.array(good)

@@ -1,0 +1,154 @@
+"""Build steps: vocabularies, timelines, samples on disk, atomic/no-op rebuilds, real datasets."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipelines.build import build_dataset
+from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource, load_data_config
+from data_pipelines.dataset import BuiltDataset
+from data_pipelines.loader import SampleLoader
+from data_pipelines.rejections import DataError
+from data_pipelines.vocab import Vocabulary, build_vocabulary
+from tests.conftest import shared_dataset
+
+
+def synthetic(tmp_path, rows=20_000, protocol=None, **source):
+    src = SourceConfig(format="synthetic", synthetic=SyntheticSource(n_rows=rows, n_items=2_000, n_categories=40,
+                                                                     mean_events=30.0, **source))
+    return DataConfig(output=str(tmp_path / "ds"), source=src, protocol=protocol or ProtocolConfig(max_length=20),
+                      partitions=3)
+
+
+def test_vocabulary_ids_by_descending_frequency_with_pad_and_unknown(tmp_path):
+    values = pa.array([7, 7, 7, 3, 3, 9, 5, 5, 5, 5, 11])
+    vocab = build_vocabulary(values, min_count=2)
+    assert vocab.raw.to_pylist() == [5, 7, 3]          # 4x, 3x, 2x; 9 and 11 are rare
+    assert vocab.size == 5 and vocab.rare_values == 2 and vocab.rare_count == 2
+    assert vocab.encode(pa.array([5, 7, 3, 9, 42, None])).tolist() == [2, 3, 4, 1, 1, 1]
+    assert vocab.decode(np.array([0, 1, 2])).to_pylist() == [None, None, 5]
+    vocab.save(tmp_path / "v.parquet")
+    again = Vocabulary.load(tmp_path / "v.parquet")
+    assert again.raw.equals(vocab.raw) and again.rare_count == 2
+    ties = build_vocabulary(pa.array(["b", "a", "c", "a", "b"]))
+    assert ties.raw.to_pylist() == ["a", "b", "c"]        # equal counts: raw id order
+
+
+def test_build_writes_consistent_timelines_and_samples(tmp_path):
+    out = build_dataset(synthetic(tmp_path), progress=False)
+    ds = BuiltDataset(out)
+    m = ds.manifest
+    assert m["events"] == 20_000 and sum(m["rows_per_partition"]) == m["users"]
+    timelines = ds.timelines()
+    assert timelines.num_rows == m["users"]
+    offsets = ds.flat("offsets")
+    items = ds.flat("item")
+    assert offsets[-1] == 20_000 == len(items)
+    # timelines are time-sorted per user
+    ts = ds.flat("timestamp")
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    assert np.all((np.diff(ts) >= 0) | (np.diff(owner) != 0))
+    # the flat arrays are the timelines' list values, in row order
+    assert np.array_equal(np.concatenate(timelines.column("items").to_pylist()), items)
+    train = ds.samples("train")
+    rows, cuts = train.column("row").to_numpy(), train.column("cut").to_numpy()
+    assert np.all(cuts >= 1) and np.all(cuts < np.diff(offsets)[rows])
+    positives = train.filter(pa.compute.equal(train.column("label"), 1))
+    pos_rows, pos_cuts = positives.column("row").to_numpy(), positives.column("cut").to_numpy()
+    assert np.array_equal(items[offsets[pos_rows] + pos_cuts], positives.column("target_item").to_numpy())
+    assert m["split_users"]["test"] == m["users"]       # every user (>= 5 events) has a test pair
+
+
+def test_rebuild_is_a_noop_and_a_different_config_needs_overwrite(tmp_path):
+    config = synthetic(tmp_path)
+    out = build_dataset(config, progress=False)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert build_dataset(config, progress=False) == out
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    other = synthetic(tmp_path, protocol=ProtocolConfig(max_length=10))
+    with pytest.raises(FileExistsError, match="different config"):
+        build_dataset(other, progress=False)
+    build_dataset(other, overwrite=True, progress=False)
+    assert BuiltDataset(out).max_length == 10
+    assert not list(tmp_path.glob(".ds.building-*"))      # no half-written leftovers
+
+
+def test_half_written_output_is_never_taken_as_complete(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "junk.parquet").write_text("partial")
+    with pytest.raises(FileExistsError, match="not a complete dataset"):
+        build_dataset(synthetic(tmp_path), progress=False)
+
+
+def test_a_source_with_only_bad_rows_fails_with_the_report(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c,d,e\n1,2\n")
+    config = DataConfig(output=str(tmp_path / "ds"), source=SourceConfig(format="taobao", paths=[str(bad)]),
+                        max_reject_rate=1.0)
+    with pytest.raises(DataError, match="no events read"):
+        build_dataset(config, progress=False)
+
+
+def test_config_typos_and_wrong_types_name_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("output: x\nprotocol:\n  nmae: din\n")
+    with pytest.raises(ValueError, match=r"protocol: unknown key\(s\) \['nmae'\]"):
+        load_data_config(path)
+    path.write_text("output: x\nprotocol:\n  max_length: long\n")
+    with pytest.raises(ValueError, match="protocol.max_length: expected int"):
+        load_data_config(path)
+    path.write_text("output: x\nprotocol:\n  name: sasrec\n")
+    with pytest.raises(ValueError, match="protocol.name must be one of"):
+        load_data_config(path)
+
+
+def test_behaviour_filter_is_counted(tmp_path):
+    config = synthetic(tmp_path)
+    config.source.behaviors = ["pv"]
+    m = BuiltDataset(build_dataset(config, progress=False)).manifest
+    assert m["events"] + m["events_filtered_by_behavior"] == 20_000
+    assert 0 < m["events_filtered_by_behavior"] < 4_000
+
+
+@pytest.mark.parametrize("name,files,expected", [
+    ("Beauty", ("Beauty.txt.gz", "Beauty_item2attributes.json.gz"), (22_363, 12_101, 198_502)),
+    ("Toys", ("Toys_and_Games.txt.gz", "Toys_and_Games_item2attributes.json.gz"), (19_412, 11_924, 167_597)),
+])
+def test_real_s3rec_counts_match_source_md(tmp_path, name, files, expected):
+    folder = shared_dataset("amazon_s3rec_5core")
+    config = DataConfig(output=str(tmp_path / name), source=SourceConfig(format="s3rec",
+                        paths=[str(folder / f) for f in files]), protocol=ProtocolConfig(name="din", max_length=50))
+    ds = BuiltDataset(build_dataset(config, progress=False))
+    users, items, events = expected
+    assert ds.manifest["users"] == users and ds.num_items == items + 2 and ds.manifest["events"] == events
+    lengths = np.diff(ds.flat("offsets"))
+    assert lengths.min() == 5 and lengths.max() == (204 if name == "Beauty" else 550)
+    assert ds.manifest["split_samples"]["test"] == 2 * users     # one (positive, negative) pair per user
+
+
+def test_real_movielens_counts_and_labels(tmp_path):
+    folder = shared_dataset("movielens_100k")
+    config = DataConfig(output=str(tmp_path / "ml"), source=SourceConfig(format="movielens",
+                        paths=[str(folder / "ml-100k.inter.gz"), str(folder / "ml-100k.item.gz")]),
+                        protocol=ProtocolConfig(name="din", max_length=50))
+    ds = BuiltDataset(build_dataset(config, progress=False))
+    assert ds.manifest["events"] == 100_000 and ds.manifest["users"] == 943 and ds.num_items == 1_682 + 2
+    assert ds.num_categories == 19 + 2          # 18 genres + "unknown" listed in the item file
+    assert ds.manifest["split_samples"] == {"train": 100_000 - 3 * 943, "valid": 943, "test": 943}
+    labels = ds.flat("label")
+    assert abs(labels.mean() - 0.5536) < 1e-3   # 55,375 of 100,000 ratings are 4 or 5
+
+
+def test_loader_batches_cover_the_split_once(tmp_path):
+    ds = BuiltDataset(build_dataset(synthetic(tmp_path), progress=False))
+    loader = SampleLoader(ds, "train", 512, shuffle=True, seed=3)
+    seen = np.concatenate([b.sample_index.numpy() for b in loader])
+    assert len(seen) == loader.num_samples and len(np.unique(seen)) == loader.num_samples
+    assert len(loader) == int(np.ceil(loader.num_samples / 512))
+    shards = [np.concatenate([b.sample_index.numpy() for b in SampleLoader(ds, "train", 512, rank=r, world_size=3)])
+              for r in range(3)]
+    assert len({len(s) for s in shards}) == 1                 # equal shards for DDP
+    assert len(np.unique(np.concatenate(shards))) == sum(len(s) for s in shards)
