@@ -81,5 +81,8 @@ class ActivationUnitAttention(nn.Module):
         x = torch.cat([q, keys, q - keys, q * keys], dim=-1)
         for linear, act in zip(self.linears, self.acts):
             x = linear(x)
-            x = torch.sigmoid(x) if self.activation == "sigmoid" else torch.relu(x) if self.activation == "relu" else act(x)
+            if self.activation in ("sigmoid", "relu"):
+                x = torch.sigmoid(x) if self.activation == "sigmoid" else torch.relu(x)
+            else:   # PReLU / Dice act on the last dim: flatten [B, L, H] → [B·L, H]
+                x = act(x.reshape(-1, x.shape[-1])).reshape(x.shape)
         return self.out(x).squeeze(-1)

@@ -1,0 +1,138 @@
+"""Training spine end to end: configs, fit/evaluate/report, bad checkpoints, NaN loss, CLI, DDP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data_pipelines.build import build_dataset
+from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from recsys.cli import main as cli_main
+from recsys.config import ConfigError, load_config, parse_config
+from recsys.runner import CheckpointError, evaluate, fit, load_run
+from recsys.task import NonFiniteLossError
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    config = DataConfig(output=str(root / "ds"), source=SourceConfig(format="synthetic", synthetic=SyntheticSource(
+        n_rows=30_000, n_items=1_000, n_categories=30, mean_events=25.0)), protocol=ProtocolConfig(max_length=20))
+    return build_dataset(config, progress=False)
+
+
+def run_config(dataset, out, model="DIN", init_args=None, **extra):
+    raw = {"name": Path(out).name, "output_dir": str(out), "seed": 0,
+           "data": {"path": str(dataset), "batch_size": 256, "eval_batch_size": 2048},
+           "model": {"class_path": model, "init_args": init_args or {"item_dim": 8, "category_dim": 8,
+                                                                     "attention_units": [16], "mlp_units": [32]}},
+           "trainer": {"max_epochs": 1, "enable_progress_bar": False}}
+    raw.update(extra)
+    return raw
+
+
+def test_config_errors_name_the_key(dataset, tmp_path):
+    raw = run_config(dataset, tmp_path / "r")
+    raw["model"]["init_args"]["item_dimm"] = 4
+    with pytest.raises(ConfigError, match="item_dimm"):
+        parse_config(raw)
+    raw = run_config(dataset, tmp_path / "r")
+    raw["optimiser"] = {"lr": 0.1}
+    with pytest.raises(ConfigError, match="optimiser"):
+        parse_config(raw)
+    raw = run_config(dataset, tmp_path / "r")
+    raw["trainer"]["max_epochs"] = "many"
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
+        parse_config(raw)
+    raw = run_config(dataset, tmp_path / "r", model="NoSuchModel")
+    with pytest.raises(ConfigError, match="NoSuchModel"):
+        parse_config(raw)
+    raw = run_config(dataset, tmp_path / "r")
+    raw["data"]["path"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="does not exist"):
+        fit(parse_config(raw), progress=False)
+
+
+def test_every_shipped_config_parses():
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+
+
+def test_fit_evaluate_report_end_to_end(dataset, tmp_path):
+    din = fit(parse_config(run_config(dataset, tmp_path / "din")), progress=False)
+    base = fit(parse_config(run_config(dataset, tmp_path / "base", model="EmbeddingMLP",
+                                       init_args={"item_dim": 8, "category_dim": 8, "mlp_units": [32]})), progress=False)
+    metrics = json.loads((din / "metrics.json").read_text())
+    test = metrics["splits"]["test"]
+    assert 0.6 < test["auc"] <= 1 and 0.6 < test["gauc"] <= 1 and test["logloss"] < 0.69
+    assert test["samples"] == 2 * test["users"] and metrics["train_samples_per_second"] > 0
+    assert (din / "model.safetensors").exists() and (din / "config.yaml").exists()
+    again = evaluate(din)["splits"]["test"]
+    assert again["auc"] == pytest.approx(test["auc"], abs=1e-9)
+    assert cli_main(["report", str(din), str(base), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "DIN" in page
+    assert "| din |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_corrupted_foreign_and_mismatched_checkpoints_fail_clearly(dataset, tmp_path):
+    run = fit(parse_config(run_config(dataset, tmp_path / "din", trainer={"max_epochs": 1, "limit_train_batches": 3,
+                                                                          "enable_progress_bar": False})), progress=False)
+    weights = run / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_run(run)
+    weights.write_bytes(b"\x80\x04\x95pickle-like garbage")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_run(run)
+    weights.write_bytes(good)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["init_args"]["item_dim"] = 4           # a foreign model shape
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_run(run)
+    config["model"]["init_args"]["item_dim"] = 8
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    saved = json.loads((run / "model.json").read_text())
+    saved["features"]["num_items"] += 5                   # trained on other vocabularies
+    (run / "model.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="different vocabularies"):
+        load_run(run)
+
+
+def test_nan_loss_stops_with_step_and_batch(dataset, tmp_path):
+    raw = run_config(dataset, tmp_path / "nan")
+    raw["optimizer"] = {"name": "sgd", "lr": 1e30}
+    with pytest.raises(NonFiniteLossError, match=r"at global step \d+ \(epoch 0, batch \d+"):
+        fit(parse_config(raw), progress=False)
+
+
+def test_cli_help_and_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    assert "quickstart" in capsys.readouterr().out
+    assert cli_main(["fit", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(dataset, tmp_path):
+    raw = run_config(dataset, tmp_path / "ddp", trainer={"max_epochs": 1, "strategy": "ddp", "devices": 2,
+                                                         "accelerator": "cpu", "enable_progress_bar": False})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "recsys.cli", "fit", str(path), "--quiet"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["splits"]["test"]["auc"] > 0.6
