@@ -1,0 +1,270 @@
+"""Benchmark: raw UserBehavior-layout CSV → timelines → ``din`` samples → one loader pass.
+
+For each row count it
+
+1. generates the CSV with :func:`data_pipelines.synthetic.generate_userbehavior` (cached in
+   ``--workdir``; the generation time is recorded but is not part of the pipeline time),
+2. builds the dataset from the CSV with :func:`data_pipelines.build.build_dataset`
+   (Taobao reader, vocabularies, timelines, ``din`` samples with L = 100 and a validation
+   pair per user), recording wall time, rows/s and peak RSS,
+3. runs one full pass of :class:`data_pipelines.loader.SampleLoader` over the train split
+   with ``B = 1024, L = 100`` padded batches on one core (``torch.set_num_threads(1)``),
+4. in the same run, times a pandas reference that builds the same samples the way DIN's
+   public Amazon preprocessing does: ``read_csv``, id remapping, sort, ``groupby`` user,
+   a Python loop over positions with copied histories (truncated to the last L) and a
+   ``while neg in history`` negative draw, samples pickled in chunks (DIN pickles them).
+
+Every stage runs in its own child process, so the peak RSS reported is that stage's own
+(``ru_maxrss`` of the child). Results go to ``bench/results/pipeline.json`` and, with
+``--update-docs``, to the ``## Data pipeline`` section of ``docs/benchmarks.md``.
+
+Run it alone on the machine (other work pollutes timings)::
+
+    flock /tmp/recsys-bench.lock python bench/bench_pipeline.py --rows 1000000 10000000 --update-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_LENGTH = 100
+BATCH_SIZE = 1024
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
+
+
+# ---------------------------------------------------------------- child stages
+def stage_generate(csv: Path, rows: int, seed: int) -> dict:
+    from data_pipelines.synthetic import generate_userbehavior
+    start = time.perf_counter()
+    generate_userbehavior(csv, n_rows=rows, seed=seed)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "rows_per_s": rows / wall, "peak_rss_mb": _peak_rss_mb(),
+            "csv_bytes": csv.stat().st_size}
+
+
+def stage_build(csv: Path, out: Path, partitions: int) -> dict:
+    from data_pipelines.build import build_dataset
+    from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig
+    config = DataConfig(output=str(out), source=SourceConfig(format="taobao", paths=[str(csv)]),
+                        protocol=ProtocolConfig(name="din", max_length=MAX_LENGTH, validation=True, n_neg=1),
+                        partitions=partitions, seed=0)
+    start = time.perf_counter()
+    build_dataset(config, overwrite=True, progress=False)
+    wall = time.perf_counter() - start
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"wall_s": wall, "rows_per_s": manifest["events"] / wall, "peak_rss_mb": _peak_rss_mb(),
+            "events": manifest["events"], "users": manifest["users"], "samples": manifest["samples"],
+            "split_samples": manifest["split_samples"], "rejected": manifest["rejections"]["rejected"],
+            "partitions": partitions}
+
+
+def stage_loader(out: Path) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    from data_pipelines.loader import SampleLoader
+    loader = SampleLoader(out, "train", BATCH_SIZE, max_length=MAX_LENGTH, form="padded", shuffle=True, seed=0)
+    n = 0
+    first = None
+    start = time.perf_counter()
+    for batch in loader:
+        if first is None:
+            first = tuple(batch.hist_item.shape)
+        n += int(batch.label.shape[0])
+    wall = time.perf_counter() - start
+    assert n == loader.num_samples, (n, loader.num_samples)
+    return {"wall_s": wall, "samples": n, "samples_per_s": n / wall, "batch_shape": list(first),
+            "peak_rss_mb": _peak_rss_mb(), "threads": 1, "shuffle": True}
+
+
+def stage_pandas(csv: Path, work: Path) -> dict:
+    """DIN-style preprocessing (official repo: convert_pd → remap_id → build_dataset)."""
+    import random
+
+    import pandas as pd
+    start = time.perf_counter()
+    df = pd.read_csv(csv, header=None, names=["user", "item", "category", "behavior", "timestamp"])
+    # remap_id: dense ids per field
+    for col in ("user", "item", "category"):
+        df[col] = pd.factorize(df[col], sort=True)[0]
+    item_count = int(df["item"].max()) + 1
+    df = df.sort_values(["user", "timestamp"], kind="stable")
+    random.seed(1234)
+    dump = open(work / "pandas_samples.pkl", "wb")
+    train, test, n_samples = [], [], 0
+    for user, hist in df.groupby("user"):
+        pos_list = hist["item"].tolist()
+
+        def gen_neg():
+            neg = pos_list[0]
+            while neg in pos_list:
+                neg = random.randint(0, item_count - 1)
+            return neg
+
+        neg_list = [gen_neg() for _ in range(len(pos_list))]
+        for i in range(1, len(pos_list)):
+            h = pos_list[max(0, i - MAX_LENGTH):i]
+            if i != len(pos_list) - 1:
+                train.append((user, h, pos_list[i], 1))
+                train.append((user, h, neg_list[i], 0))
+            else:
+                test.append((user, h, (pos_list[i], neg_list[i])))
+        if len(train) > 1_000_000:      # bounded memory: pickle in chunks
+            n_samples += len(train)
+            pickle.dump(train, dump, pickle.HIGHEST_PROTOCOL)
+            train = []
+    n_samples += len(train) + 2 * len(test)
+    pickle.dump((train, test), dump, pickle.HIGHEST_PROTOCOL)
+    dump.close()
+    wall = time.perf_counter() - start
+    rows = len(df)
+    return {"wall_s": wall, "rows_per_s": rows / wall, "peak_rss_mb": _peak_rss_mb(), "samples": n_samples}
+
+
+STAGES = {"generate": stage_generate, "build": stage_build, "loader": stage_loader, "pandas": stage_pandas}
+
+
+def run_child(stage: str, *args) -> dict:
+    cmd = [sys.executable, __file__, "--child", stage] + [str(a) for a in args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- driver
+def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, seed: int, keep: bool) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for rows in rows_list:
+        print(f"== {rows:,} rows", flush=True)
+        csv = workdir / f"userbehavior_{rows}_{seed}.csv"
+        entry = {"rows": rows}
+        if not csv.exists():
+            entry["generate"] = run_child("generate", csv, rows, seed)
+            print(f"  generate {entry['generate']['wall_s']:.1f}s", flush=True)
+        out = workdir / f"built_{rows}"
+        entry["build"] = run_child("build", csv, out, partitions)
+        print(f"  build    {entry['build']['wall_s']:.1f}s  {entry['build']['rows_per_s']:,.0f} rows/s  "
+              f"{entry['build']['peak_rss_mb']:.0f} MB", flush=True)
+        entry["loader"] = run_child("loader", out)
+        print(f"  loader   {entry['loader']['samples_per_s']:,.0f} samples/s", flush=True)
+        if rows <= reference_max_rows:
+            entry["pandas_reference"] = run_child("pandas", csv, workdir)
+            ref = entry["pandas_reference"]
+            entry["speedup_vs_pandas"] = ref["wall_s"] / entry["build"]["wall_s"]
+            entry["same_sample_count"] = ref["samples"] == entry["build"]["samples"]
+            print(f"  pandas   {ref['wall_s']:.1f}s  {ref['rows_per_s']:,.0f} rows/s  {ref['peak_rss_mb']:.0f} MB  "
+                  f"speedup {entry['speedup_vs_pandas']:.1f}x  same count {entry['same_sample_count']}", flush=True)
+            (workdir / "pandas_samples.pkl").unlink(missing_ok=True)
+        if not keep:
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+        results.append(entry)
+    return {
+        "benchmark": "data_pipelines: UserBehavior CSV -> timelines -> din samples -> loader",
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared 2-core box), "
+                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, no GPU",
+        "python": platform.python_version(),
+        "command": "flock /tmp/recsys-bench.lock python " + " ".join(sys.argv),
+        "settings": {"protocol": "din", "max_length": MAX_LENGTH, "validation": True, "n_neg": 1,
+                     "partitions": partitions, "loader_batch_size": BATCH_SIZE, "loader_threads": 1, "seed": seed},
+        "results": results,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "## Data pipeline",
+        "",
+        f"`bench/bench_pipeline.py`, {report['date_utc']}, {report['machine']}, Python {report['python']}.",
+        f"Command: `{report['command']}`. Raw JSON: `bench/results/pipeline.json`.",
+        "",
+        "Raw UserBehavior-layout CSV (generated, planted interests) → vocabularies → timelines → `din` samples "
+        f"(L = {MAX_LENGTH}, one negative, validation pair per user). Build = CSV to samples on disk; "
+        "peak RSS is the build process's own. Loader = one shuffled pass over the train split, "
+        f"[B={BATCH_SIZE}, L={MAX_LENGTH}] padded batches, one thread. The pandas reference (same run) "
+        "follows DIN's public preprocessing: groupby user, Python loop over positions, copied histories.",
+        "",
+        "| rows | users | samples | build wall (s) | build rows/s | build peak RSS (MB) | loader samples/s "
+        "| pandas wall (s) | pandas rows/s | pandas peak RSS (MB) | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        b, lo, p = r["build"], r["loader"], r.get("pandas_reference")
+        ref = (f"{p['wall_s']:.1f} | {p['rows_per_s']:,.0f} | {p['peak_rss_mb']:,.0f} | {r['speedup_vs_pandas']:.1f}x"
+               if p else "not run | | |")
+        lines.append(f"| {r['rows']:,} | {b['users']:,} | {b['samples']:,} | {b['wall_s']:.1f} | {b['rows_per_s']:,.0f} "
+                     f"| {b['peak_rss_mb']:,.0f} | {lo['samples_per_s']:,.0f} | {ref} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(section: str, extra: str = "") -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find("## Data pipeline")
+    new = section + (("\n" + extra.strip() + "\n") if extra.strip() else "")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + new
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + new + (text[end + 1:] if end >= 0 else "")
+    path.write_text(text)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        stage, args = sys.argv[2], sys.argv[3:]
+        sys.path.insert(0, str(REPO))
+        if stage == "generate":
+            out = stage_generate(Path(args[0]), int(args[1]), int(args[2]))
+        elif stage == "build":
+            out = stage_build(Path(args[0]), Path(args[1]), int(args[2]))
+        elif stage == "loader":
+            out = stage_loader(Path(args[0]))
+        else:
+            out = stage_pandas(Path(args[0]), Path(args[1]))
+        print(json.dumps(out))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
+    parser.add_argument("--reference-max-rows", type=int, default=10_000_000,
+                        help="run the pandas reference only up to this many rows")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsys-bench-pipeline"))
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
+    parser.add_argument("--keep", action="store_true", help="keep the built datasets")
+    parser.add_argument("--update-docs", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge with the row counts already in --output instead of replacing them")
+    args = parser.parse_args()
+    report = bench(args.rows, args.workdir, args.reference_max_rows, args.partitions, args.seed, args.keep)
+    if args.merge and args.output.exists():
+        old = json.loads(args.output.read_text())
+        mine = {r["rows"] for r in report["results"]}
+        report["results"] = sorted([r for r in old["results"] if r["rows"] not in mine] + report["results"],
+                                   key=lambda r: r["rows"])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+    if args.update_docs:
+        update_docs(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
