@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a finished run on a split",
                        description="Reloads a run's safetensors weights and scores the given splits; updates metrics.json.")
     p.add_argument("run", help="run directory written by `recsys fit`")
-    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"])
+    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"],
+                   help="splits to score (default: test)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="HTML + Markdown report of one or more runs",
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and report.md for the given run directories.")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", default="runs/report", help="output directory (default: runs/report)")
-    p.add_argument("--title", default="recsys report")
+    p.add_argument("--title", default="recsys report", help="page title")
     p.set_defaults(func=cmd_report)
 
     data = sub.add_parser("data", help="generate synthetic logs, build datasets, inspect them",
@@ -132,23 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("generate", help="write synthetic logs with planted interests",
                         description="Writes synthetic logs in the UserBehavior CSV layout (gzip if OUT ends in .gz) "
                         "or the Amazon 2014 reviews + metadata layout (OUT is a directory).")
-    p.add_argument("out")
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--items", type=int, default=50_000)
-    p.add_argument("--categories", type=int, default=500)
+    p.add_argument("out", help="output file (userbehavior; .gz → gzip) or directory (amazon)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="events to write (default: 1000000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--items", type=int, default=50_000, help="catalogue size (default: 50000)")
+    p.add_argument("--categories", type=int, default=500, help="number of categories (default: 500)")
     p.add_argument("--max-events", type=int, default=10_000, help="longest user history")
-    p.add_argument("--layout", choices=["userbehavior", "amazon"], default="userbehavior")
+    p.add_argument("--layout", choices=["userbehavior", "amazon"], default="userbehavior",
+                   help="raw format to imitate (default: userbehavior)")
     p.set_defaults(func=cmd_data_generate)
     p = dsub.add_parser("build", help="raw logs → vocabularies, timelines, samples (from a data config)",
                         description="Builds a dataset from a data config (configs/data/*.yaml). An existing complete "
                         "build of the same config is reused; --overwrite replaces a different one.")
-    p.add_argument("config")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("config", help="data build config YAML (configs/data/*.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing build of a different config")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data_build)
-    p = dsub.add_parser("inspect", help="print a built dataset's manifest (counts, vocab sizes, rejections)")
-    p.add_argument("dataset")
+    p = dsub.add_parser("inspect", help="print a built dataset's manifest (counts, vocab sizes, rejections)",
+                        description="Prints the manifest of a built dataset as JSON: users, events, samples per "
+                        "split, vocabulary sizes, build time and the rejection report.")
+    p.add_argument("dataset", help="built dataset directory")
     p.set_defaults(func=cmd_data_inspect)
     return parser
 
