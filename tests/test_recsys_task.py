@@ -1,0 +1,171 @@
+"""The Lightning task and data module in isolation: loss composition, optimisers and
+schedules by name, NaN reporting, rank sharding, validation-only model selection."""
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_pipelines.batch import Batch
+from data_pipelines.build import build_dataset
+from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from models.base import FeatureSpec, RankingModel, RankingOutput
+from recsys.config import DataSection, OptimizerSection, parse_config
+from recsys.datamodule import RankingDataModule
+from recsys.runner import fit
+from recsys.task import NonFiniteLossError, RankingTask
+
+# the task is driven without a Trainer here; its self.log calls warn and do nothing
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`:UserWarning")
+
+FEATURES = FeatureSpec(num_users=10, num_items=20, num_categories=5, max_length=4)
+
+
+def make_batch(b: int = 6, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 5, (b,), generator=g)
+    hist = torch.randint(2, 20, (b, 4), generator=g) * (torch.arange(4)[None, :] < lengths[:, None])
+    return Batch(user=torch.randint(2, 10, (b,), generator=g), target_item=torch.randint(2, 20, (b,), generator=g),
+                 target_category=torch.randint(2, 5, (b,), generator=g),
+                 label=torch.tensor([0.0, 1.0] * (b // 2)), lengths=lengths, hist_item=hist,
+                 hist_category=hist % 5, sample_index=torch.arange(100, 100 + b))
+
+
+class AuxModel(RankingModel):
+    """Linear score of the target item, plus one named auxiliary loss and an L2 term."""
+
+    def __init__(self, features: FeatureSpec, aux_value: float = 0.3, reg_value: float = 0.05,
+                 poison: bool = False) -> None:
+        super().__init__(features)
+        self.item = nn.Embedding(features.num_items, 1)
+        self.aux_value, self.reg_value, self.poison = aux_value, reg_value, poison
+
+    def forward(self, batch: Batch) -> RankingOutput:
+        logit = self.item(batch.target_item).squeeze(-1)
+        if self.poison:
+            logit = logit * float("nan")
+        return RankingOutput(logit, {"contrastive": logit.sum() * 0 + self.aux_value})
+
+    def regularization(self, batch: Batch) -> torch.Tensor:
+        return self.item.weight.sum() * 0 + self.reg_value
+
+
+def test_loss_is_bce_plus_weighted_aux_plus_regularization():
+    model = AuxModel(FEATURES)
+    batch = make_batch()
+    task = RankingTask(model, OptimizerSection(), aux_loss_weights={"contrastive": 2.0})
+    loss = task.training_step(batch, 0)
+    bce = F.binary_cross_entropy_with_logits(model(batch).logit, batch.label)
+    assert loss.item() == pytest.approx(bce.item() + 2.0 * 0.3 + 0.05, rel=1e-6)
+    unweighted = RankingTask(model, OptimizerSection()).training_step(batch, 0)   # weight 1 by default
+    assert unweighted.item() == pytest.approx(bce.item() + 0.3 + 0.05, rel=1e-6)
+    assert task.samples_seen == batch.size
+
+
+def test_nan_loss_names_step_batch_and_rows():
+    task = RankingTask(AuxModel(FEATURES, poison=True), OptimizerSection())
+    with pytest.raises(NonFiniteLossError, match=r"global step 0 \(epoch 0, batch 7;.*\[100, 101, 102, 103, 104\]"):
+        task.training_step(make_batch(), 7)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("sgd", torch.optim.SGD)])
+def test_optimizer_by_name(name, cls):
+    task = RankingTask(AuxModel(FEATURES), OptimizerSection(name=name, lr=0.01, weight_decay=1e-4))
+    optimizer = task.configure_optimizers()
+    assert type(optimizer) is cls
+    assert optimizer.param_groups[0]["lr"] == 0.01 and optimizer.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_schedules_by_name_follow_their_rules():
+    def scheduled(**kw):
+        out = RankingTask(AuxModel(FEATURES), OptimizerSection(lr=0.1, **kw)).configure_optimizers()
+        return out["optimizer"], out["lr_scheduler"]
+
+    optimizer, scheduler = scheduled(schedule="exponential", gamma=0.9)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.9 ** 3)
+    optimizer, scheduler = scheduled(schedule="step", gamma=0.5, step_size=2)
+    lrs = []
+    for _ in range(5):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+    optimizer, spec = scheduled(schedule="plateau", gamma=0.5, min_lr=0.03)
+    assert spec["monitor"] == "valid/auc"
+    scheduler = spec["scheduler"]
+    for auc in (0.70, 0.71, 0.71, 0.70, 0.70):     # stalls → halve, never below min_lr
+        scheduler.step(auc)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.03)
+    plain = RankingTask(AuxModel(FEATURES), OptimizerSection(schedule="none")).configure_optimizers()
+    assert isinstance(plain, torch.optim.Adam)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task-data")
+    config = DataConfig(output=str(root / "ds"), source=SourceConfig(format="synthetic", synthetic=SyntheticSource(
+        n_rows=12_000, n_items=400, n_categories=20, mean_events=20.0)), protocol=ProtocolConfig(max_length=16))
+    return build_dataset(config, progress=False)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_datamodule_shards_by_rank_without_overlap(dataset, world):
+    shards = []
+    for rank in range(world):
+        module = RankingDataModule(dataset, DataSection(path=str(dataset), batch_size=64, eval_batch_size=100), seed=3)
+        module.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        train = np.concatenate([b.sample_index.numpy() for b in module.train_dataloader()])
+        valid = np.concatenate([b.sample_index.numpy() for b in module.val_dataloader()])
+        shards.append((train, valid))
+    single = RankingDataModule(dataset, DataSection(path=str(dataset), batch_size=64))
+    n_train = sum(b.size for b in single.train_dataloader())
+    for split in (0, 1):
+        parts = [s[split] for s in shards]
+        assert len({len(p) for p in parts}) == 1                        # equal shards: no rank waits
+        union = np.concatenate(parts)
+        assert len(np.unique(union)) == len(union)                      # no sample on two ranks
+    assert n_train - world < sum(len(s[0]) for s in shards) <= n_train  # at most world-1 left over
+
+
+def test_train_loader_reshuffles_per_epoch_but_is_seeded(dataset):
+    def order(epoch, seed=0):
+        module = RankingDataModule(dataset, DataSection(path=str(dataset), batch_size=128), seed=seed)
+        loader = module.train_dataloader()
+        module.train_loader.set_epoch(epoch)
+        return np.concatenate([b.sample_index.numpy() for b in loader])
+    assert np.array_equal(order(0), order(0))
+    assert not np.array_equal(order(0), order(1))
+    assert np.array_equal(np.sort(order(0)), np.sort(order(1)))
+
+
+def _raw(dataset, out, **trainer):
+    return {"name": Path(out).name, "output_dir": str(out), "seed": 0,
+            "data": {"path": str(dataset), "batch_size": 128, "eval_batch_size": 2048},
+            "model": {"class_path": "EmbeddingMLP", "init_args": {"item_dim": 4, "category_dim": 4, "mlp_units": [8]}},
+            "trainer": {"enable_progress_bar": False, "limit_train_batches": 12, **trainer}}
+
+
+def test_best_checkpoint_is_selected_on_validation_and_early_stopping_stops(dataset, tmp_path):
+    raw = _raw(dataset, tmp_path / "es", max_epochs=6, early_stopping_patience=1)
+    raw["optimizer"] = {"name": "adam", "lr": 0.0}          # nothing improves after epoch 0 → stop at epoch 1
+    run = fit(parse_config(raw), progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 0 and metrics["epochs"] < 6
+
+    run = fit(parse_config(_raw(dataset, tmp_path / "sel", max_epochs=3, early_stopping_patience=5)), progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    with open(run / "logs" / "metrics.csv") as f:
+        valid_auc = [float(r["valid/auc"]) for r in csv.DictReader(f) if r.get("valid/auc")]
+    assert len(valid_auc) == 3
+    assert metrics["best_epoch"] == int(np.argmax(valid_auc))        # first maximum, as ModelCheckpoint keeps it
+    assert metrics["splits"]["valid"]["auc"] == pytest.approx(max(valid_auc), abs=1e-6)
