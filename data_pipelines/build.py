@@ -193,18 +193,18 @@ def _build_into(config: DataConfig, tmp: Path, progress: bool) -> dict:
             columns["label"] = raw.column("label").to_numpy()
         del raw
         timelines, flat, offsets = build_timelines(pa.table(columns))
-        pq.write_table(timelines, str(tmp / "timelines" / f"part-{p:05d}.parquet"))
+        pq.write_table(timelines, str(tmp / "timelines" / f"part-{p:05d}.parquet"), use_dictionary=False)
         user_ids = timelines.column("user").to_numpy()
         samples = build_samples(offsets, flat["item"], user_ids, item_category, sampler, config.protocol,
                                 config.seed, p, labels=flat.get("label"), item_categories=flat["category"])
-        samples = samples.set_column(0, "row", pc.add(samples.column("row"), row_base))
-        pq.write_table(samples, str(tmp / "samples" / f"part-{p:05d}.parquet"))
         split_np = samples.column("split").to_numpy()
-        user_np = samples.column("user").to_numpy()
+        row_np = samples.column("row").to_numpy()     # partition-local row: one per user
         for name, code in SPLITS.items():
             sel = split_np == code
             split_counts[name] += int(sel.sum())
-            split_users[name] += int(len(np.unique(user_np[sel])))
+            split_users[name] += int(np.count_nonzero(np.bincount(row_np[sel], minlength=len(user_ids))))
+        samples = samples.set_column(0, "row", pc.add(samples.column("row"), row_base))
+        pq.write_table(samples, str(tmp / "samples" / f"part-{p:05d}.parquet"), use_dictionary=False)
         n_samples += samples.num_rows
         for name, values in flat.items():
             flat_parts.setdefault(name, []).append(values)

@@ -27,14 +27,19 @@ from .dataset import BuiltDataset
 def gather_histories(offsets: np.ndarray, rows: np.ndarray, cuts: np.ndarray, max_length: int):
     """Flat positions of each sample's history.
 
-    Returns (positions [B, L] int64 clipped to valid indices, lengths [B]); entries at
-    ``j >= lengths[b]`` are padding (right-padded, most recent last).
+    Returns (positions [B, L] int64, clipped to valid indices; lengths [B]; valid [B, L]
+    bool); entries at ``j >= lengths[b]`` are padding (right-padded, most recent last) and
+    their positions are arbitrary in-range indices.
     """
     start = offsets[rows] + np.maximum(cuts - max_length, 0)
     lengths = np.minimum(cuts, max_length).astype(np.int64)
-    positions = start[:, None] + np.arange(max_length)[None, :]
-    valid = np.arange(max_length)[None, :] < lengths[:, None]
-    return np.where(valid, positions, 0), lengths, valid
+    steps = np.arange(max_length)
+    positions = start[:, None] + steps
+    # padding slots only need an in-range index (their values are zeroed by the caller);
+    # clipping is cheaper than a masked select
+    np.minimum(positions, max(int(offsets[-1]) - 1, 0), out=positions)
+    valid = steps < lengths[:, None]
+    return positions, lengths, valid
 
 
 class SampleLoader(IterableDataset):
@@ -124,13 +129,17 @@ class SampleLoader(IterableDataset):
         positions, lengths, valid = gather_histories(flat["offsets"], cols["row"], cols["cut"].astype(np.int64),
                                                      self.max_length)
         hist = {}
+        jagged_positions = positions[valid] if self.form == "jagged" else None
         for name in flat:
             if name == "offsets":
                 continue
-            gathered = np.asarray(flat[name])[positions] if self.form == "padded" else np.asarray(flat[name])[positions[valid]]
+            values = np.asarray(flat[name])
             if self.form == "padded":
-                gathered = np.where(valid, gathered, 0)
-            hist[name] = torch.from_numpy(gathered.astype(np.int64))
+                gathered = values[positions]
+                gathered *= valid            # zero the padding slots, in place
+            else:
+                gathered = values[jagged_positions]
+            hist[name] = torch.from_numpy(gathered).long()
         offsets = None
         if self.form == "jagged":
             offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))

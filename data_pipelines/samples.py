@@ -89,7 +89,9 @@ def protocol_cuts(lengths: np.ndarray, user_ids: np.ndarray, cfg: ProtocolConfig
 
 def _user_uniform(user_ids: np.ndarray, seed: int) -> np.ndarray:
     """A uniform [0, 1) number per user id, stable across partitionings."""
-    x = user_ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):   # wrap-around is the point of the mix
+        offset = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    x = user_ids.astype(np.uint64) + offset
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
@@ -114,12 +116,21 @@ class NegativeSampler:
             return rng.integers(FIRST_ID, self.num_items, n)
         return FIRST_ID + np.minimum(np.searchsorted(self.cdf, rng.random(n), side="right"), len(self.cdf) - 1)
 
-    def sample(self, rng: np.random.Generator, owner_rows: np.ndarray, offsets: np.ndarray,
-               items: np.ndarray, max_rounds: int = 200) -> np.ndarray:
-        """One negative per entry of ``owner_rows`` (rows of this partition's timelines)."""
+    def seen_keys(self, offsets: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Sorted ``row * num_items + item`` keys of every event [N] (duplicates kept: a plain
+        sort is several times faster than ``np.unique`` and ``searchsorted`` does not mind)."""
         lengths = np.diff(offsets)
-        user_of_event = np.repeat(np.arange(len(lengths)), lengths)
-        seen = np.unique(user_of_event.astype(np.int64) * self.num_items + items)   # sorted keys
+        user_of_event = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        keys = user_of_event * self.num_items + items
+        keys.sort()
+        return keys
+
+    def sample(self, rng: np.random.Generator, owner_rows: np.ndarray, offsets: np.ndarray,
+               items: np.ndarray, max_rounds: int = 200, seen: Optional[np.ndarray] = None) -> np.ndarray:
+        """One negative per entry of ``owner_rows`` (rows of this partition's timelines);
+        ``seen`` = :meth:`seen_keys` of the partition, computed here when not given."""
+        if seen is None:
+            seen = self.seen_keys(offsets, items)
         out = self.draw(rng, len(owner_rows))
         todo = np.arange(len(owner_rows))
         for _ in range(max_rounds):
@@ -153,7 +164,8 @@ def build_samples(offsets: np.ndarray, items: np.ndarray, user_ids: np.ndarray, 
         return _table(row, user_ids, cut, positives, pos_category, labels[event].astype(np.int8), split)
     n_neg = cfg.n_neg if cfg.name in ("din", "dare") else 0
     rng = np.random.default_rng([seed, 17, partition])
-    negatives = [sampler.sample(rng, row, offsets, items) for _ in range(n_neg)]
+    seen = sampler.seen_keys(offsets, items) if n_neg else None
+    negatives = [sampler.sample(rng, row, offsets, items, seen=seen) for _ in range(n_neg)]
     # positive then its negatives, interleaved per cut so a (pos, neg) pair stays together
     group = 1 + n_neg
     targets = np.stack([positives] + negatives, axis=1).reshape(-1)
