@@ -1,0 +1,304 @@
+"""Triton kernel for op 1 (DIN activation-unit attention).
+
+One program per history row walks the row in BLOCK_L tiles. For each tile the key and
+value rows are read once; the first layer is computed on chip as
+
+    pre1 = k (Wb − Wc) + (q ⊙ k) Wd + [q (Wa + Wc) + b1]     ([BLOCK_L, H1], two tl.dot)
+
+followed by the activation, an optional second layer, the output projection to one score
+per behaviour, and the (online-softmax or plain) weighted sum of the value tile. Neither
+[B, L, 4D] nor [B, L, H] is ever written to memory; the weights stay in registers.
+
+Dice in training mode needs the batch mean/variance of each hidden layer's
+pre-activations over all valid behaviours: a statistics pass per Dice layer
+(``_din_stats``, same tiling, writes per-row partial sums [B, H]) runs first, and the
+running statistics are updated exactly as the reference does. In inference Dice uses the
+running statistics.
+
+Backward: recomputation. The autograd function saves only the inputs and, in backward,
+recomputes the op with the PyTorch reference and differentiates it (exact gradients,
+including through Dice's batch statistics). A fused Triton backward is not written yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..reference.din_attention import HiddenLayer, din_attention_padded
+from ..validation import KernelInputError, jagged_to_padded
+from .common import block_configs, pow2, row_layout
+
+ACTIVATION_CODES = {"sigmoid": 0, "relu": 1, "prelu": 2, "dice": 3}
+
+
+@triton.jit
+def _activate(x, KIND: tl.constexpr, param, mean, rstd):
+    """x [BLOCK_L, H]; param/mean/rstd [H] (PReLU slope or Dice alpha; Dice statistics)."""
+    if KIND == 0:
+        return tl.sigmoid(x)
+    elif KIND == 1:
+        return tl.maximum(x, 0.0)
+    elif KIND == 2:
+        return tl.where(x >= 0, x, param[None, :] * x)
+    else:
+        p = tl.sigmoid((x - mean[None, :]) * rstd[None, :])
+        return p * x + (1.0 - p) * param[None, :] * x
+
+
+@triton.jit
+def _hidden_tile(k, q, wk, wd, pt, w2, b2, a1, m1, r1, a2, m2, r2,
+                 ACT1: tl.constexpr, ACT2: tl.constexpr, TWO: tl.constexpr, STOP_AT: tl.constexpr):
+    """Hidden activations of one key tile k [BLOCK_L, BLOCK_D]. STOP_AT = 1 / 2 returns the
+    pre-activation of that layer (statistics passes); 0 returns the last layer's output."""
+    pre = tl.dot(k, wk, input_precision="ieee") + tl.dot(k * q[None, :], wd, input_precision="ieee") + pt[None, :]
+    if STOP_AT == 1:
+        return pre
+    h = _activate(pre, ACT1, a1, m1, r1)
+    if TWO:
+        pre = tl.dot(h, w2, input_precision="ieee") + b2[None, :]
+        if STOP_AT == 2:
+            return pre
+        h = _activate(pre, ACT2, a2, m2, r2)
+    return h
+
+
+@triton.jit
+def _load_vec(ptr, H, BLOCK_H: tl.constexpr):
+    h = tl.arange(0, BLOCK_H)
+    return tl.load(ptr + h, mask=h < H, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_mat(ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    r = tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    return tl.load(ptr + r[:, None] * C + c[None, :], mask=(r < R)[:, None] & (c < C)[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w2_ptr, b2_ptr, wo_ptr,
+              a1_ptr, m1_ptr, r1_ptr, a2_ptr, m2_ptr, r2_ptr, out_ptr, stat_ptr, bo, D, DV, H1, H2,
+              ACT1: tl.constexpr, ACT2: tl.constexpr, TWO: tl.constexpr, SOFTMAX: tl.constexpr,
+              STAGE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              BLOCK_H1: tl.constexpr, BLOCK_H2: tl.constexpr):
+    """STAGE 0: pooled output; STAGE 1 / 2: per-row Σx and Σx² of layer STAGE's pre-activation."""
+    b = tl.program_id(0)
+    start = tl.load(start_ptr + b)
+    n = tl.load(len_ptr + b)
+    d = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
+    pt = _load_vec(pt_ptr + b * H1, H1, BLOCK_H1)
+    wk = _load_mat(wk_ptr, D, H1, BLOCK_D, BLOCK_H1)
+    wd = _load_mat(wd_ptr, D, H1, BLOCK_D, BLOCK_H1)
+    a1 = _load_vec(a1_ptr, H1, BLOCK_H1)
+    m1 = _load_vec(m1_ptr, H1, BLOCK_H1)
+    r1 = _load_vec(r1_ptr, H1, BLOCK_H1)
+    w2 = _load_mat(w2_ptr, H1, H2, BLOCK_H1, BLOCK_H2)
+    b2 = _load_vec(b2_ptr, H2, BLOCK_H2)
+    a2 = _load_vec(a2_ptr, H2, BLOCK_H2)
+    m2 = _load_vec(m2_ptr, H2, BLOCK_H2)
+    r2 = _load_vec(r2_ptr, H2, BLOCK_H2)
+    if TWO:
+        wo = _load_vec(wo_ptr, H2, BLOCK_H2)
+    else:
+        wo = _load_vec(wo_ptr, H1, BLOCK_H1)
+    m = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros([BLOCK_DV], tl.float32)
+    if STAGE == 2:
+        s1 = tl.zeros([BLOCK_H2], tl.float32)
+    else:
+        s1 = tl.zeros([BLOCK_H1], tl.float32)
+    s2 = tl.zeros_like(s1)
+    for t in range(0, n, BLOCK_L):
+        j = t + tl.arange(0, BLOCK_L)
+        valid = j < n
+        rows = start + j.to(tl.int64)
+        k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None] & (d < D)[None, :],
+                    other=0.0).to(tl.float32)
+        h = _hidden_tile(k, q, wk, wd, pt, w2, b2, a1, m1, r1, a2, m2, r2, ACT1, ACT2, TWO, STAGE)
+        if STAGE == 0:
+            s = tl.sum(h * wo[None, :], axis=1) + bo
+            v = tl.load(v_ptr + rows[:, None] * DV + dv[None, :], mask=valid[:, None] & (dv < DV)[None, :],
+                        other=0.0).to(tl.float32)
+            if SOFTMAX:
+                s = tl.where(valid, s, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, axis=0))
+                alpha = tl.exp(m - m_new)
+                p = tl.exp(s - m_new)
+                total = total * alpha + tl.sum(p, axis=0)
+                acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+                m = m_new
+            else:
+                acc += tl.sum(tl.where(valid, s, 0.0)[:, None] * v, axis=0)
+        else:
+            h = tl.where(valid[:, None], h, 0.0)
+            s1 += tl.sum(h, axis=0)
+            s2 += tl.sum(h * h, axis=0)
+    if STAGE == 0:
+        if SOFTMAX:
+            nonempty = total > 0
+            acc = tl.where(nonempty, acc / tl.where(nonempty, total, 1.0), 0.0)
+        tl.store(out_ptr + b * DV + dv, acc.to(out_ptr.dtype.element_ty), mask=dv < DV)
+    else:
+        if STAGE == 2:
+            hh = tl.arange(0, BLOCK_H2)
+            width = H2
+            blk = BLOCK_H2
+        else:
+            hh = tl.arange(0, BLOCK_H1)
+            width = H1
+            blk = BLOCK_H1
+        tl.store(stat_ptr + b * 2 * blk + hh, s1)
+        tl.store(stat_ptr + b * 2 * blk + blk + hh, s2)
+
+
+_din_kernel = triton.autotune(configs=block_configs(blocks=(16, 32, 64), warps=(4, 8)),
+                              key=["D", "DV", "H1", "H2", "STAGE"])(_din_body)
+
+
+def _dice_stats(layer: HiddenLayer, sums: Tensor, squares: Tensor, count: int):
+    """Batch mean and biased variance of one Dice layer (reference semantics), and the
+    running-statistics update the reference performs in training."""
+    if count == 0:
+        return torch.zeros_like(sums), torch.ones_like(sums)
+    mean = sums / count
+    var = (squares / count - mean * mean).clamp_min(0.0)
+    if layer.running_mean is not None:
+        with torch.no_grad():
+            layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), layer.momentum)
+            layer.running_var.lerp_((var * (count / max(count - 1, 1))).to(layer.running_var.dtype), layer.momentum)
+    return mean, var
+
+
+def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offsets: Optional[Tensor],
+             hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor, use_softmax: bool) -> Tensor:
+    """Run the statistics passes (Dice in training) and the fused pooling pass."""
+    flat_k, starts, lens, _ = row_layout(keys, lengths, offsets)
+    flat_v, _, _, _ = row_layout(values, lengths, offsets)
+    batch, dim = query.shape
+    dim_v = flat_v.shape[1]
+    f32 = dict(device=query.device, dtype=torch.float32)
+    q32 = query.float().contiguous()
+    first = hidden[0]
+    w1 = first.weight.float()
+    wk = (w1[dim:2 * dim] - w1[2 * dim:3 * dim]).contiguous()
+    wd = w1[3 * dim:].contiguous()
+    pt = (q32 @ (w1[:dim] + w1[2 * dim:3 * dim]) + first.bias.float()).contiguous()       # [B, H1]
+    two = len(hidden) == 2
+    h1 = w1.shape[1]
+    h2 = hidden[1].weight.shape[1] if two else 1
+    dummy = torch.zeros(max(h1, h2, 1), **f32)
+    w2 = hidden[1].weight.float().contiguous() if two else dummy
+    b2 = hidden[1].bias.float().contiguous() if two else dummy
+    params = [dict(a=dummy, m=dummy, r=dummy) for _ in range(2)]
+    for i, layer in enumerate(hidden):
+        if layer.activation == "prelu":
+            params[i]["a"] = layer.prelu_weight.float().contiguous()
+        if layer.activation == "dice":
+            params[i]["a"] = layer.dice_alpha.float().contiguous()
+            if not layer.training:
+                params[i]["m"] = layer.running_mean.float().contiguous()
+                params[i]["r"] = torch.rsqrt(layer.running_var.float() + layer.eps).contiguous()
+    blocks = dict(BLOCK_D=pow2(dim), BLOCK_DV=pow2(dim_v, 1), BLOCK_H1=pow2(h1), BLOCK_H2=pow2(h2))
+    acts = dict(ACT1=ACTIVATION_CODES[first.activation], ACT2=ACTIVATION_CODES[hidden[-1].activation] if two else 0,
+                TWO=two, SOFTMAX=use_softmax)
+    out = torch.zeros(batch, dim_v, device=query.device, dtype=query.dtype)
+    if batch == 0:
+        return out
+    count = int(lens.sum())
+
+    def launch(stage: int, out_buf: Tensor, stat_buf: Tensor) -> None:
+        _din_kernel[(batch,)](q32, flat_k, flat_v, starts, lens, pt, wk, wd, w2, b2, out_weight.float().contiguous(),
+                              params[0]["a"], params[0]["m"], params[0]["r"], params[1]["a"], params[1]["m"],
+                              params[1]["r"], out_buf, stat_buf, float(out_bias), dim, dim_v, h1, h2,
+                              STAGE=stage, **acts, **blocks)
+
+    for i, layer in enumerate(hidden):
+        if layer.activation == "dice" and layer.training:
+            width, blk = (h1, blocks["BLOCK_H1"]) if i == 0 else (h2, blocks["BLOCK_H2"])
+            stats = torch.zeros(batch, 2, blk, **f32)
+            launch(i + 1, out, stats)
+            totals = stats.sum(0)[:, :width]
+            mean, var = _dice_stats(layer, totals[0], totals[1], count)
+            params[i]["m"] = mean.contiguous()
+            params[i]["r"] = torch.rsqrt(var + layer.eps).contiguous()
+    launch(0, out, dummy)
+    return out
+
+
+class _DinAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, keys, values, lengths, offsets, spec, *tensors):
+        hidden, out_weight, out_bias = _unpack(spec, tensors)
+        out = _forward(query, keys, values, lengths, offsets, hidden, out_weight, out_bias, spec["softmax"])
+        ctx.spec = spec
+        ctx.offsets = offsets
+        ctx.save_for_backward(query, keys, values, lengths, *tensors)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        query, keys, values, lengths, *tensors = ctx.saved_tensors
+        spec = ctx.spec
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None and t.is_floating_point() else t
+                      for t in (query, keys, values, *tensors)]
+            q, k, v, *params = inputs
+            hidden, out_weight, out_bias = _unpack(spec, params, recompute=True)
+            kp, vp = k, v
+            if ctx.offsets is not None:
+                kp = jagged_to_padded(k, ctx.offsets, lengths)
+                vp = jagged_to_padded(v, ctx.offsets, lengths)
+            out = din_attention_padded(q, kp, lengths, hidden, out_weight, out_bias, vp, spec["softmax"])
+            wanted = [(i, x) for i, x in enumerate(inputs) if x is not None and x.requires_grad]
+            grads = torch.autograd.grad(out, [x for _, x in wanted], dout, allow_unused=True)
+        result: List[Optional[Tensor]] = [None] * len(inputs)
+        for (i, _), g in zip(wanted, grads):
+            result[i] = g
+        return (result[0], result[1], result[2], None, None, None, *result[3:])
+
+
+_SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha", "running_mean", "running_var")
+
+
+def _pack(hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor, use_softmax: bool):
+    spec = {"softmax": use_softmax, "layers": [dataclasses.replace(layer, **{s: None for s in _SLOTS})
+                                               for layer in hidden]}
+    tensors = [getattr(layer, s) for layer in hidden for s in _SLOTS] + [out_weight, out_bias]
+    spec["running"] = [(layer.running_mean, layer.running_var) for layer in hidden]
+    return spec, tensors
+
+
+def _unpack(spec, tensors, recompute: bool = False):
+    hidden = []
+    for i, layer in enumerate(spec["layers"]):
+        values = dict(zip(_SLOTS, tensors[i * len(_SLOTS):(i + 1) * len(_SLOTS)]))
+        # running statistics are buffers updated in place: use the live tensors, and never
+        # update them a second time when the backward recomputes the forward
+        values["running_mean"], values["running_var"] = spec["running"][i]
+        if recompute and layer.training:
+            values["running_mean"] = values["running_var"] = None
+        hidden.append(dataclasses.replace(layer, **values))
+    return hidden, tensors[-2], tensors[-1]
+
+
+def din_attention_triton(query: Tensor, keys: Tensor, lengths: Tensor, offsets: Optional[Tensor],
+                         hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor,
+                         values: Optional[Tensor], use_softmax: bool) -> Tensor:
+    """Same contract as kernels.din_attention (inputs already validated)."""
+    if len(hidden) > 2:
+        raise KernelInputError(f"the Triton DIN kernel supports one or two hidden layers, got {len(hidden)}")
+    for layer in hidden:
+        if layer.activation == "dice" and not layer.training and layer.running_mean is None:
+            raise KernelInputError("Dice in inference needs running_mean / running_var")
+    spec, tensors = _pack(hidden, out_weight, out_bias, use_softmax)
+    return _DinAttention.apply(query, keys, keys if values is None else values, lengths, offsets, spec, *tensors)
