@@ -1,0 +1,88 @@
+"""Shared building blocks: MLP block by hand, activations by name, masked pooling, embedding
+frequencies (MBA L2) given at construction and their fallback."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.layers.activations import Dice, make_activation
+from models.layers.embedding import BehaviorEmbedding
+from models.layers.mlp import MLP
+from models.layers.pooling import masked_mean, masked_sum
+
+
+def test_mlp_block_hand_computed_with_batch_norm_in_eval():
+    mlp = MLP(2, [2], activation="prelu", dropout=0.5, batch_norm=True, output_dim=1)
+    linear, bn, prelu, dropout, out = mlp.net
+    assert isinstance(bn, torch.nn.BatchNorm1d) and isinstance(dropout, torch.nn.Dropout)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 2.0]]))
+        linear.bias.copy_(torch.tensor([0.0, -3.0]))
+        bn.running_mean.copy_(torch.tensor([1.0, 0.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 1.0]))
+        bn.weight.copy_(torch.tensor([2.0, 1.0]))
+        bn.bias.copy_(torch.tensor([0.5, 0.0]))
+        prelu.weight.copy_(torch.tensor([0.25, 0.1]))
+        out.weight.copy_(torch.tensor([[1.0, 3.0]]))
+        out.bias.fill_(0.2)
+    x = [2.0, 1.0]
+    h = [x[0] - x[1], 0.5 * x[0] + 2 * x[1] - 3]                         # [1, 0]
+    h = [2 * (h[0] - 1) / math.sqrt(4 + 1e-5) + 0.5, (h[1] - 0) / math.sqrt(1 + 1e-5)]
+    h = [v if v >= 0 else a * v for v, a in zip(h, (0.25, 0.1))]
+    expected = h[0] + 3 * h[1] + 0.2
+    assert mlp.eval()(torch.tensor([x])).item() == pytest.approx(expected, rel=1e-5)
+    assert mlp.out_dim == 1
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("relu", [0.0, 0.0, 2.0]), ("sigmoid", [1 / (1 + math.e ** 3), 0.5, 1 / (1 + math.e ** -2)]),
+    ("prelu", [-0.75, 0.0, 2.0]), ("tanh", [math.tanh(-3), 0.0, math.tanh(2)]), ("identity", [-3.0, 0.0, 2.0]),
+])
+def test_activations_by_name(name, expected):
+    act = make_activation(name.upper() if name == "relu" else name, 3)
+    assert act(torch.tensor([[-3.0, 0.0, 2.0]]))[0].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dice_is_fuxictr_form_and_unknown_activations_are_rejected():
+    dice = make_activation("dice", 4)
+    assert isinstance(dice, Dice) and torch.equal(dice.alpha, torch.zeros(4))
+    assert dice.norm.affine is False and dice.norm.eps == 1e-9 and dice.norm.momentum == 0.01
+    x = torch.randn(5, 3, 4)                                              # [B, L, H]: statistics over B·L
+    flat = x.reshape(-1, 4)
+    p = torch.sigmoid((flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-9)).reshape(x.shape)
+    assert torch.allclose(dice.train()(x), p * x, atol=1e-5)              # α = 0: f(s) = p(s)·s
+    with pytest.raises(ValueError, match="unknown activation"):
+        make_activation("swishy", 3)
+
+
+def test_masked_pooling_ignores_padding_and_empty_rows_pool_to_zero():
+    values = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[7.0, 7.0], [9.0, 9.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    assert masked_sum(values, mask).tolist() == [[4.0, 6.0], [0.0, 0.0]]
+    assert masked_mean(values, mask).tolist() == [[2.0, 3.0], [0.0, 0.0]]
+
+
+def test_embedding_frequencies_at_construction_and_fallback():
+    torch.manual_seed(0)
+    counts_i, counts_c = torch.tensor([0, 0, 2, 8, 1, 4.0]), torch.tensor([0, 3, 5.0])
+    emb = BehaviorEmbedding(6, 3, 2, 2, init_std=1.0, item_frequency=counts_i, category_frequency=counts_c)
+    items, cats = torch.tensor([[3, 5, 0], [3, 1, 0]]), torch.tensor([[2, 0, 0], [1, 1, 0]])
+    w_i, w_c = emb.item.weight, emb.category.weight
+    expected = (w_i[1].pow(2).sum() / 1 + w_i[3].pow(2).sum() / 8 + w_i[5].pow(2).sum() / 4
+                + w_c[1].pow(2).sum() / 3 + w_c[2].pow(2).sum() / 5)                 # id 1 has count 0 → n = 1
+    assert emb.penalty("mba", items, cats).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(emb.state_dict()["item_frequency"], counts_i.clamp_min(1))   # saved with the weights
+    fallback = BehaviorEmbedding(6, 3, 2, 2, init_std=1.0)
+    fallback.load_state_dict({k: v for k, v in emb.state_dict().items() if "frequency" not in k}, strict=False)
+    assert fallback.penalty("mba", items, cats).item() == pytest.approx(fallback.penalty("batch", items, cats).item())
+    with pytest.raises(ValueError, match="both"):
+        BehaviorEmbedding(6, 3, 2, 2, item_frequency=counts_i)
+    with pytest.raises(ValueError, match="non-negative"):
+        BehaviorEmbedding(6, 3, 2, 2, item_frequency=-counts_i, category_frequency=counts_c)
+    with pytest.raises(ValueError, match="do not match"):
+        BehaviorEmbedding(6, 3, 2, 2, item_frequency=counts_i[:4], category_frequency=counts_c)
+    with pytest.raises(ValueError, match="needs the batch"):
+        emb.penalty("mba")
