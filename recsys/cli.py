@@ -158,13 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)   # before the heavy imports: `--help` answers at once
     from data_pipelines.rejections import DataError
     from kernels.validation import KernelInputError
     from .config import ConfigError
     from .runner import CheckpointError
     from .task import NonFiniteLossError
 
-    args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
         import logging
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
