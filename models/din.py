@@ -30,6 +30,11 @@ Deliberate departures (each a switch where the sources differ):
     * The first attention layer is evaluated as q(Wa+Wc) + k(Wb−Wc) + (q⊙k)Wd (identical
       math, no [B, L, 4D] tensor), through kernels.din_attention.
     * Dice statistics are taken over valid (non-padding) behaviours only.
+    * Embedding tables start from N(0, 1e-4²) as in FuxiCTR (``embedding_init_std``); the
+      official TensorFlow code uses TF's default initialiser.
+    * MBA L2 is off by default (``l2_embedding=0``): the paper gives no λ for the public
+      datasets. n_j comes from ``set_id_frequencies`` (the spine passes the training
+      vocabulary counts); without counts n_j = 1 (see ``BehaviorEmbedding``).
 """
 
 from __future__ import annotations
