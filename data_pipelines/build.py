@@ -67,6 +67,9 @@ def read_source(config: DataConfig, report: RejectionReport) -> Iterator[pa.Tabl
     elif source.format == "ratings_csv":
         from .sources.amazon import read_ratings_csv
         yield from read_ratings_csv(source, report)
+    elif source.format == "multibehavior":
+        from .sources.multibehavior import read_multibehavior
+        yield from read_multibehavior(source, report)
     else:  # config validation makes this unreachable
         raise ValueError(source.format)
 

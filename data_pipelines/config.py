@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 import yaml
 
-SOURCE_FORMATS = ("taobao", "synthetic", "s3rec", "movielens", "amazon", "ratings_csv")
+SOURCE_FORMATS = ("taobao", "synthetic", "s3rec", "movielens", "amazon", "ratings_csv", "multibehavior")
 PROTOCOLS = ("din", "dare", "loo", "users")
 
 

@@ -216,3 +216,39 @@ def test_movielens_labels_flow_into_samples(tmp_path):
     # every event is one sample with its own label (no sampled negatives): the test row is the last rating
     assert [int(label) for label in test["label"]] == [int(rating[(u, 5)] >= 4) for u in users]
     assert ds.split_counts == {"train": 5 * 3, "valid": 5, "test": 5}
+
+
+# ------------------------------------------------------------------ Taobao multi-behaviour (CRGCN)
+def test_real_taobao_multibehavior_counts_match_source_md(tmp_path):
+    from tests.conftest import shared_dataset
+    archive = shared_dataset("taobao_multibehavior_crgcn") / "taobao_multibehavior_crgcn.tar.gz"
+    config = DataConfig(output=str(tmp_path / "mb"), source=SourceConfig(format="multibehavior", paths=[str(archive)]),
+                        protocol=ProtocolConfig(name="loo", max_length=50), partitions=2)
+    ds = BuiltDataset(build_dataset(config, progress=False))
+    m = ds.manifest
+    assert m["events"] == 873_954 + 195_476 + 92_180 + 15_449 + 15_449 and m["rejections"]["rejected"] == 0
+    assert m["users"] == 15_449 and ds.split_counts["test"] == 15_449 and ds.split_counts["valid"] == 15_449
+    behaviors = ds.flat("behavior")
+    assert np.bincount(behaviors, minlength=5)[1:5].tolist() == [873_954, 195_476, 0, 92_180 + 2 * 15_449]
+    # the test target of each user is the test.txt purchase (stage 2, last in the timeline)
+    offsets, ts = ds.flat("offsets"), ds.flat("timestamp")
+    assert np.all(ts[offsets[1:] - 1] == 2) and np.all(ts[offsets[1:] - 2] == 1)
+
+
+def test_multibehavior_bad_lines(tmp_path):
+    from data_pipelines.sources.multibehavior import read_multibehavior
+    folder = tmp_path / "taobao"
+    folder.mkdir()
+    (folder / "view.txt").write_text("1 2\n1 x\n2 3 4\n2 5\n")
+    (folder / "test.txt").write_text("1 9\n2 9\n")
+    table, report = read(read_multibehavior, SourceConfig(format="multibehavior", paths=[str(folder)]))
+    assert table.column("item").to_pylist() == [2, 5, 9, 9]
+    assert table.column("timestamp").to_pylist() == [0, 0, 2, 2]
+    assert dict(report.counts) == {"bad_item": 1, "wrong_field_count": 1}
+    assert report.examples["bad_item"][0].line == 2 and report.examples["wrong_field_count"][0].line == 3
+    with pytest.raises(DataError, match="does not exist"):
+        read(read_multibehavior, SourceConfig(format="multibehavior", paths=[str(tmp_path / "nope.tar.gz")]))
+    bad = tmp_path / "cut.tar.gz"
+    bad.write_bytes((folder / "view.txt").read_bytes())
+    with pytest.raises(DataError, match="cannot read the archive"):
+        read(read_multibehavior, SourceConfig(format="multibehavior", paths=[str(bad)]))
