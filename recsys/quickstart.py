@@ -50,7 +50,7 @@ def run_quickstart(out: Path = Path("runs/quickstart"), rows: int = 600_000, epo
                "data": {"path": str(data_dir), "batch_size": 1024, "eval_batch_size": 8192},
                "model": {"class_path": class_path, "init_args": init_args},
                "optimizer": {"name": "adam", "lr": 1e-3},
-               "trainer": {"max_epochs": epochs, "gradient_clip_val": 5.0}}
+               "trainer": {"max_epochs": epochs, "gradient_clip_val": 5.0, "val_check_interval": 0.25}}
         (out / f"{key}.yaml").parent.mkdir(parents=True, exist_ok=True)
         (out / f"{key}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         if progress:

@@ -166,8 +166,9 @@ def plot_curves(runs: Sequence[RunResult]) -> Optional[str]:
         return None
     _style(ax1, "Training loss", "step", "loss (smoothed)")
     _style(ax2, "Validation AUC", "step", "AUC")
-    ax1.legend(fontsize=8, frameon=False)
-    ax2.legend(fontsize=8, frameon=False)
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, frameon=False)
     return _png(fig)
 
 

@@ -83,6 +83,26 @@ def test_fit_evaluate_report_end_to_end(dataset, tmp_path):
     assert "| din |" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_report_renders_in_headless_chromium(dataset, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium) to render the report")
+    run = fit(parse_config(run_config(dataset, tmp_path / "din", trainer={"max_epochs": 1, "limit_train_batches": 5,
+                                                                          "enable_progress_bar": False})), progress=False)
+    assert cli_main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1800", f"--screenshot={shot}",
+                    (tmp_path / "report" / "report.html").as_uri()], capture_output=True, timeout=120)
+    from matplotlib.image import imread
+    pixels = imread(str(shot))
+    assert pixels.shape[0] == 1800 and pixels.shape[1] == 1280
+    # the page is not blank: the header band is dark blue and plots add many distinct colours
+    assert pixels[20, 20, 2] > pixels[20, 20, 0] + 0.2
+    assert len({tuple((p * 255).astype(int)) for p in pixels[::13, ::13, :3].reshape(-1, 3)}) > 50
+
+
 def test_corrupted_foreign_and_mismatched_checkpoints_fail_clearly(dataset, tmp_path):
     run = fit(parse_config(run_config(dataset, tmp_path / "din", trainer={"max_epochs": 1, "limit_train_batches": 3,
                                                                           "enable_progress_bar": False})), progress=False)
