@@ -72,7 +72,7 @@ def stage_build(csv: Path, out: Path, partitions: int) -> dict:
             "partitions": partitions}
 
 
-def stage_loader(out: Path) -> dict:
+def stage_loader(out: Path, max_samples: int = 0) -> dict:
     import torch
     torch.set_num_threads(1)
     from data_pipelines.loader import SampleLoader
@@ -84,10 +84,12 @@ def stage_loader(out: Path) -> dict:
         if first is None:
             first = tuple(batch.hist_item.shape)
         n += int(batch.label.shape[0])
+        if max_samples and n >= max_samples:
+            break
     wall = time.perf_counter() - start
-    assert n == loader.num_samples, (n, loader.num_samples)
+    assert max_samples or n == loader.num_samples, (n, loader.num_samples)
     return {"wall_s": wall, "samples": n, "samples_per_s": n / wall, "batch_shape": list(first),
-            "peak_rss_mb": _peak_rss_mb(), "threads": 1, "shuffle": True}
+            "peak_rss_mb": _peak_rss_mb(), "threads": 1, "shuffle": True, "full_pass": n == loader.num_samples}
 
 
 def stage_pandas(csv: Path, work: Path) -> dict:
@@ -139,14 +141,19 @@ STAGES = {"generate": stage_generate, "build": stage_build, "loader": stage_load
 
 def run_child(stage: str, *args) -> dict:
     cmd = [sys.executable, __file__, "--child", stage] + [str(a) for a in args]
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the machine is shared: keep the 1-minute load average around the stage with its numbers
+    result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return result
 
 
 # ---------------------------------------------------------------- driver
-def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, seed: int, keep: bool) -> dict:
+def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, seed: int, keep: bool,
+          loader_max_samples: int = 0) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for rows in rows_list:
@@ -160,8 +167,9 @@ def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, se
         entry["build"] = run_child("build", csv, out, partitions)
         print(f"  build    {entry['build']['wall_s']:.1f}s  {entry['build']['rows_per_s']:,.0f} rows/s  "
               f"{entry['build']['peak_rss_mb']:.0f} MB", flush=True)
-        entry["loader"] = run_child("loader", out)
-        print(f"  loader   {entry['loader']['samples_per_s']:,.0f} samples/s", flush=True)
+        entry["loader"] = run_child("loader", out, loader_max_samples)
+        print(f"  loader   {entry['loader']['samples_per_s']:,.0f} samples/s over {entry['loader']['samples']:,}",
+              flush=True)
         if rows <= reference_max_rows:
             entry["pandas_reference"] = run_child("pandas", csv, workdir)
             ref = entry["pandas_reference"]
@@ -206,10 +214,17 @@ def markdown(report: dict) -> str:
     ]
     for r in report["results"]:
         b, lo, p = r["build"], r["loader"], r.get("pandas_reference")
+        lo_txt = f"{lo['samples_per_s']:,.0f}" + ("" if lo.get("full_pass", True) else f" (first {lo['samples']:,})")
         ref = (f"{p['wall_s']:.1f} | {p['rows_per_s']:,.0f} | {p['peak_rss_mb']:,.0f} | {r['speedup_vs_pandas']:.1f}x"
                if p else "not run | | |")
         lines.append(f"| {r['rows']:,} | {b['users']:,} | {b['samples']:,} | {b['wall_s']:.1f} | {b['rows_per_s']:,.0f} "
-                     f"| {b['peak_rss_mb']:,.0f} | {lo['samples_per_s']:,.0f} | {ref} |")
+                     f"| {b['peak_rss_mb']:,.0f} | {lo_txt} | {ref} |")
+    loads = [f"{r['rows']:,} rows: build {r['build']['load_avg_1m']}, loader {r['loader']['load_avg_1m']}"
+             + (f", pandas {r['pandas_reference']['load_avg_1m']}" if "pandas_reference" in r else "")
+             for r in report["results"] if "load_avg_1m" in r["build"]]
+    if loads:
+        lines += ["", "1-minute load average before/after each stage (the 2 cores are shared with other "
+                  "work; a load above 2 means the stage did not have the cores to itself): " + "; ".join(loads) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -235,7 +250,7 @@ def main() -> None:
         elif stage == "build":
             out = stage_build(Path(args[0]), Path(args[1]), int(args[2]))
         elif stage == "loader":
-            out = stage_loader(Path(args[0]))
+            out = stage_loader(Path(args[0]), int(args[1]))
         else:
             out = stage_pandas(Path(args[0]), Path(args[1]))
         print(json.dumps(out))
@@ -249,11 +264,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsys-bench-pipeline"))
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     parser.add_argument("--keep", action="store_true", help="keep the built datasets")
+    parser.add_argument("--loader-max-samples", type=int, default=0,
+                        help="stop the loader pass after this many samples (0 = one full pass)")
     parser.add_argument("--update-docs", action="store_true")
     parser.add_argument("--merge", action="store_true",
                         help="merge with the row counts already in --output instead of replacing them")
     args = parser.parse_args()
-    report = bench(args.rows, args.workdir, args.reference_max_rows, args.partitions, args.seed, args.keep)
+    report = bench(args.rows, args.workdir, args.reference_max_rows, args.partitions, args.seed, args.keep,
+                   args.loader_max_samples)
     if args.merge and args.output.exists():
         old = json.loads(args.output.read_text())
         mine = {r["rows"] for r in report["results"]}
