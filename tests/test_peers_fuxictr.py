@@ -157,3 +157,24 @@ def test_fuxictr_trains_on_the_export(exported, tmp_path, model):
     assert result["splits"]["test"]["samples"] == summary["rows"]["test"]
     assert 0.0 <= result["splits"]["test"]["auc"] <= 1.0
     assert len(np.load(f"{result_path}.test_pred.npy")) == summary["rows"]["test"]
+
+
+def test_run_ours_times_training_apart_from_validation(built, tmp_path):
+    import yaml
+
+    import run_ours
+
+    config = {"model": {"class_path": "DIN", "init_args": {"item_dim": 8, "category_dim": 8, "attention_units": [8],
+                                                           "mlp_units": [16]}},
+              "data": {"path": str(built), "batch_size": 256, "eval_batch_size": 4096},
+              "trainer": {"max_epochs": 2, "enable_progress_bar": False}}
+    path = tmp_path / "din.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_ours.fit_timed(str(path), {"output_dir": str(tmp_path / "run"), "trainer.num_threads": 1})
+    timing = json.loads((out / "timing.json").read_text())
+    train_rows = BuiltDataset(built).split_counts["train"]
+    assert timing["train_samples"] == timing["epochs"] * train_rows
+    assert timing["validation_seconds"] > 0 and timing["train_seconds"] > 0
+    assert timing["train_samples_per_second"] == pytest.approx(timing["train_samples"] / timing["train_seconds"],
+                                                               rel=0.01)
+    assert timing["torch_threads"] == 1
