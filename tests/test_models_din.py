@@ -230,18 +230,22 @@ def test_attention_backends_agree_with_the_dispatcher():
 
 @pytest.mark.skipif(importlib.util.find_spec("kernels.triton.din_attention") is None,
                     reason="the Triton DIN-attention kernel (kernels/triton/din_attention.py) has not landed")
-@pytest.mark.parametrize("activation", ["sigmoid", "prelu"])
-def test_triton_backend_matches_torch_in_din(activation):
+@pytest.mark.parametrize("activation, use_softmax, training", [
+    ("sigmoid", False, False), ("prelu", True, False), ("dice", False, False), ("dice", True, True)])
+@pytest.mark.parametrize("jagged", [False, True])
+def test_triton_backend_matches_torch_in_din(activation, use_softmax, training, jagged):
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"   # CPU runs under TRITON_INTERPRET=1 (conftest)
     model = DIN(FEATURES, item_dim=4, category_dim=4, attention_units=[8], attention_activation=activation,
-                mlp_units=[8], attention_backend="torch").to(device).eval()
+                use_softmax=use_softmax, mlp_units=[8], attention_backend="torch").to(device).train(training)
     batch = random_batch(batch=5, length=6, seed=5).to(device)
+    batch = batch.to_jagged() if jagged else batch
     grads = {}
     for backend in ("torch", "triton"):
         model.attention.backend = backend
         model.zero_grad()
         out = model(batch).logit
+        assert last_backend() == backend
         out.sum().backward()
         grads[backend] = (out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
     assert torch.allclose(grads["torch"][0], grads["triton"][0], atol=1e-4)
