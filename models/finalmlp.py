@@ -112,6 +112,8 @@ class FinalMLP(RankingModel):
         dual_mlp: the DualMLP ablation instead of FinalMLP.
         sequence: "mean" (FuxiCTR's pooled field) or "attention" (our extension).
         l2_embedding: weight of the embedding L2 (whole tables, FuxiCTR's regularizer).
+        attention_units, attention_activation, attention_softmax: the activation unit of
+            ``sequence="attention"`` (defaults: FuxiCTR's DIN, [64] Dice, no softmax).
         attention_backend: for ``sequence="attention"``.
     """
 
@@ -120,7 +122,8 @@ class FinalMLP(RankingModel):
                  batch_norm: bool = True, use_fs: bool = True, fs_hidden_units: List[int] = [800],
                  fs1_context: List[str] = [], fs2_context: List[str] = [], num_heads: int = 10,
                  dual_mlp: bool = False, sequence: str = "mean", l2_embedding: float = 0.01,
-                 attention_backend: str = "auto") -> None:
+                 attention_units: List[int] = [64], attention_activation: str = "dice",
+                 attention_softmax: bool = False, attention_backend: str = "auto") -> None:
         super().__init__(features)
         if sequence not in ("mean", "attention"):
             raise ValueError(f"sequence must be 'mean' or 'attention', got {sequence!r}")
@@ -129,7 +132,8 @@ class FinalMLP(RankingModel):
         self.user = nn.Embedding(features.num_users, embedding_dim, padding_idx=0)
         nn.init.normal_(self.user.weight, std=1e-4)
         self.sequence = sequence
-        self.attention = (ActivationUnitAttention(2 * embedding_dim, [64], "dice", False, attention_backend)
+        self.attention = (ActivationUnitAttention(2 * embedding_dim, attention_units, attention_activation,
+                                                  attention_softmax, attention_backend)
                           if sequence == "attention" else None)
         width = 5 * embedding_dim
         self.dual_mlp, self.use_fs = dual_mlp, use_fs and not dual_mlp

@@ -151,3 +151,17 @@ def test_finalmlp_trains_on_empty_histories_in_both_sequence_modes(sequence):
         loss.backward()
     with pytest.raises(ValueError, match="sequence"):
         FinalMLP(FEATURES, sequence="sum")
+
+
+def test_finalmlp_attention_field_is_the_din_activation_unit_over_the_history():
+    model = FinalMLP(FEATURES, embedding_dim=3, mlp1_units=[4], mlp2_units=[4], num_heads=2, sequence="attention",
+                     attention_units=[5, 3], attention_activation="prelu", attention_softmax=True,
+                     attention_backend="torch").eval()
+    assert [l.out_features for l in model.attention.linears] == [5, 3] and model.attention.use_softmax
+    batch = random_batch(batch=5, seed=16)
+    target = model.embedding(batch.target_item, batch.target_category)
+    history = model.embedding(batch.hist_item, batch.hist_category)
+    pooled = model.attention(target, history, lengths=batch.lengths)
+    expected = torch.cat([model.user(batch.user), target, pooled], dim=-1)
+    assert torch.allclose(model.field_embeddings(batch), expected, atol=1e-6)
+    assert torch.allclose(model.field_embeddings(batch.to_jagged()), expected, atol=1e-5)
