@@ -56,6 +56,9 @@ def test_dice_is_fuxictr_form_and_unknown_activations_are_rejected():
     assert torch.allclose(dice.train()(x), p * x, atol=1e-5)              # α = 0: f(s) = p(s)·s
     with pytest.raises(ValueError, match="unknown activation"):
         make_activation("swishy", 3)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        dice.train()(torch.randn(1, 4))
+    assert dice.eval()(torch.randn(1, 4)).shape == (1, 4)
 
 
 def test_masked_pooling_ignores_padding_and_empty_rows_pool_to_zero():

@@ -87,6 +87,19 @@ def test_din_hand_computed(use_softmax):
     assert model(batch.to_jagged()).logit.tolist() == pytest.approx(expected, rel=1e-5)
 
 
+def test_din_concat_product_interaction_feeds_the_product_to_the_mlp():
+    torch.manual_seed(0)
+    model = DIN(FEATURES, item_dim=3, category_dim=2, attention_units=[4], mlp_units=[6],
+                interaction="concat_product", attention_backend="torch").eval()
+    batch = random_batch(batch=5, seed=7)
+    interest, target = model.user_interest(batch)
+    expected = model.mlp(torch.cat([interest, target, interest * target], dim=-1)).squeeze(-1)
+    assert model.mlp.net[0].in_features == 15
+    assert torch.allclose(model(batch).logit, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="interaction"):
+        DIN(FEATURES, interaction="sum")
+
+
 def test_embedding_mlp_hand_computed_sum_and_mean():
     model = EmbeddingMLP(TINY, item_dim=1, category_dim=1, mlp_units=[1], mlp_activation="prelu")
     set_tiny_weights(model)

@@ -23,6 +23,9 @@ class Dice(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
+        if self.training and flat.shape[0] < 2:
+            raise ValueError(f"Dice needs at least 2 rows in training to take batch statistics, got input of shape "
+                             f"{tuple(shape)}; drop a last batch of one (drop_last) or score it in eval mode")
         p = torch.sigmoid(self.norm(flat)).reshape(shape)
         return p * x + (1 - p) * self.alpha * x
 
