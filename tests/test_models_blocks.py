@@ -1,5 +1,6 @@
 """Shared building blocks: MLP block by hand, activations by name, masked pooling, embedding
-frequencies (MBA L2) given at construction and their fallback."""
+frequencies (MBA L2) given at construction and their fallback, and the activation unit never
+building the [B, L, 4D] concatenation."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.layers.activations import Dice, make_activation
+from models.layers.attention import ActivationUnitAttention
 from models.layers.embedding import BehaviorEmbedding
 from models.layers.mlp import MLP
 from models.layers.pooling import masked_mean, masked_sum
@@ -89,3 +92,33 @@ def test_embedding_frequencies_at_construction_and_fallback():
         BehaviorEmbedding(6, 3, 2, 2, item_frequency=counts_i[:4], category_frequency=counts_c)
     with pytest.raises(ValueError, match="needs the batch"):
         emb.penalty("mba")
+
+
+class _ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor an ATen op produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize("activation", ["prelu", "dice"])
+def test_activation_unit_never_materialises_the_4d_concatenation(activation):
+    batch, length, dim = 3, 7, 5
+    attn = ActivationUnitAttention(dim, [6], activation, backend="torch").train()
+    query = torch.randn(batch, dim, requires_grad=True)
+    keys = torch.randn(batch, length, dim, requires_grad=True)
+    with _ShapeRecorder() as recorder:
+        attn(query, keys, lengths=torch.tensor([7, 3, 0])).sum().backward()
+    assert (batch, length, dim) in recorder.shapes               # the recorder does see per-behaviour tensors
+    assert (batch, length, 4 * dim) not in recorder.shapes and (batch * length, 4 * dim) not in recorder.shapes
+    with _ShapeRecorder() as recorder:                           # the naive form, for contrast, does build it
+        attn.scores_naive(query, keys)
+    assert (batch, length, 4 * dim) in recorder.shapes
