@@ -9,6 +9,7 @@ in the config: it comes from the built data's vocabularies.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,6 +142,7 @@ def parse_config(raw: dict, source: str = "<config>") -> RunConfig:
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     if "model" not in raw:
         raise ConfigError(f"{source}: missing the 'model' section (class_path + init_args)")
+    _check_model_name(raw["model"], source)
     try:
         ns = _parser().parse_object(raw)
     except Exception as exc:  # jsonargparse raises ArgumentError with a readable message
@@ -153,6 +155,26 @@ def parse_config(raw: dict, source: str = "<config>") -> RunConfig:
                        aux_loss_weights=dict(ns.aux_loss_weights), published=section(PublishedResult, "published"))
     _check_values(config, source)
     return config
+
+
+def _check_model_name(model: Any, source: str) -> None:
+    """A short name that is not registered gets a one-line error with the known names
+    (jsonargparse would answer with a long union-type message)."""
+    name = model.get("class_path") if isinstance(model, dict) else None
+    known = set(MODELS) | {cls.__name__ for cls in _subclasses(RankingModel)}
+    if not isinstance(name, str) or "." in name or name in known:
+        return
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"{source}: model.class_path {name!r} is not a registered model; {hint}"
+                      f"known: {', '.join(sorted(known))} (or a full path such as models.din.DIN)")
+
+
+def _subclasses(cls: type) -> list:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub] + _subclasses(sub)
+    return out
 
 
 def _check_values(config: RunConfig, source: str) -> None:

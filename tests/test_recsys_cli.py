@@ -107,6 +107,7 @@ def test_fit_evaluate_report_through_the_cli(built, tmp_path, capsys):
     ({"set": "model.init_args.attention_units=wide"}, "attention_units"),
     ({"set": "data.path=/nonexistent/ds"}, "does not exist"),
     ({"yaml": "model: [unclosed"}, "not valid YAML"),
+    ({"set": "model.class_path=DINN"}, "'DINN' is not a registered model; did you mean 'DIN'?"),
 ])
 def test_user_mistakes_exit_2_with_one_line(built, tmp_path, capsys, mistake, message):
     config = _run_config(built, tmp_path / "bad")
