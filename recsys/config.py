@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -147,6 +148,10 @@ def parse_config(raw: dict, source: str = "<config>") -> RunConfig:
         ns = _parser().parse_object(raw)
     except Exception as exc:  # jsonargparse raises ArgumentError with a readable message
         message = " ".join(str(exc).split())
+        # a bad model argument arrives wrapped in a Union-type dump; keep the inner reason
+        inner = re.search(r"Problem with given class_path '([^']*)': (.*?) - Expected a <class 'NoneType'>", message)
+        if inner:
+            message = f"model ({inner.group(1)}).init_args: {inner.group(2)}"
         raise ConfigError(f"{source}: {message}") from None
     section = lambda cls, key: cls(**ns[key].as_dict())  # noqa: E731
     config = RunConfig(model=ns.model, data=section(DataSection, "data"),
