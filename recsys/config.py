@@ -206,7 +206,7 @@ def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> Run
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     for key, value in (overrides or {}).items():
         target = raw
         *parents, leaf = key.split(".")
