@@ -135,7 +135,7 @@ def mean_std(values: List[float]) -> dict:
 
 
 def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Optional[int], threads: int,
-            peer_python: Path, work: Path) -> dict:
+            peer_python: Path, work: Path, resume: bool = False) -> dict:
     from recsys.runner import resolve_dataset
 
     config = load_config(config_path)
@@ -155,7 +155,8 @@ def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Opti
         ours_dir = work / "ours" / tag
         ours_cmd = [sys.executable, str(HERE / "run_ours.py"), str(config_path), "--seed", str(seed),
                     "--epochs", str(epochs), "--threads", str(threads), "--output-dir", str(ours_dir)]
-        run_logged(ours_cmd, work / "logs" / f"ours_{tag}.log")
+        if not (resume and (ours_dir / "timing.json").exists()):
+            run_logged(ours_cmd, work / "logs" / f"ours_{tag}.log")
         ours_metrics = json.loads((ours_dir / "metrics.json").read_text())
         ours_timing = json.loads((ours_dir / "timing.json").read_text())
 
@@ -167,7 +168,8 @@ def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Opti
         peer_cmd = [str(peer_python), str(HERE / "run_fuxictr.py"), "--data", str(export_dir),
                     "--fuxictr-src", str(fuxictr_src), "--model", peer_model, "--params", str(params_path),
                     "--out", str(peer_out), "--workdir", str(work / "fuxictr" / f"ckpt_{tag}")]
-        run_logged(peer_cmd, work / "logs" / f"fuxictr_{tag}.log")
+        if not (resume and peer_out.exists()):
+            run_logged(peer_cmd, work / "logs" / f"fuxictr_{tag}.log")
         peer = json.loads(peer_out.read_text())
         peer_prob = np.load(f"{peer_out}.test_pred.npy")
 
@@ -246,7 +248,8 @@ def results_section(results: List[dict]) -> str:
             goal = ("yes" if r["goals"]["auc_at_least_theirs_within_one_std"] else "**no**") if side == "ours" else ""
             lines.append(f"| {r['dataset']} | {r['model']} | {label} | {len(r['seeds'])} | {r['epochs']} | "
                          f"{fmt(s['auc'])} | {fmt(s['gauc'])} | {fmt(s['logloss'])} | {goal} |")
-    lines += ["", "Commands:", ""] + [f"- `{r['command']}` ({r['date']})" for r in results] + [""]
+    lines += ["", "Commands (`--fuxictr-src` is a checkout of FuxiCTR v2.3.10; the peer venv comes from "
+              "`bench/peers/setup_fuxictr.sh`):", ""] + [f"- `{r['command']}` ({r['date']})" for r in results] + [""]
     return "\n".join(lines)
 
 
@@ -266,7 +269,8 @@ def benchmarks_section(results: List[dict]) -> str:
                      f"{fmt(s['fuxictr']['train_samples_per_second'], 0)} | {r['speedup']:.2f}× | "
                      f"{'yes' if r['goals']['throughput_at_least_1.5x'] else '**no**'} | {r['date']} |")
     machines = sorted({r["machine"] for r in results})
-    lines += ["", "Machine: " + "; ".join(machines), "", "Commands:", ""]
+    lines += ["", "Machine: " + "; ".join(machines), "",
+              "Commands (`--fuxictr-src` is a checkout of FuxiCTR v2.3.10):", ""]
     lines += [f"- `{r['command']}`" for r in results] + [""]
     return "\n".join(lines)
 
@@ -301,6 +305,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="default: the config's trainer.max_epochs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
     parser.add_argument("--work", default=str(ROOT / "runs" / "peers"), help="exports, run dirs, logs")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse a seed's finished run (timing.json / FuxiCTR JSON in --work) instead of rerunning it")
     parser.add_argument("--docs-only", action="store_true", help="only rewrite the docs sections from bench/results")
     args = parser.parse_args(argv)
     if not args.docs_only:
@@ -311,7 +317,7 @@ def main(argv=None) -> int:
             parser.error(f"{peer_python} missing: run bench/peers/setup_fuxictr.sh {args.peer_venv}")
         os.chdir(ROOT)   # configs name data paths relative to the repository root
         result = compare(Path(args.config), Path(args.fuxictr_src), args.seeds, args.epochs, args.threads,
-                         peer_python, Path(args.work))
+                         peer_python, Path(args.work), args.resume)
         print(json.dumps({"summary": result["summary"], "speedup": result["speedup"], "goals": result["goals"]},
                          indent=2))
     update_docs()

@@ -163,7 +163,7 @@ def run(args) -> dict:
 
     result = {"library": "fuxictr", "fuxictr_version": fuxictr.__version__, "torch_version": torch.__version__,
               "model": args.model, "dataset_id": export["dataset_id"], "data": str(data.resolve()),
-              "params": {k: (list(map(list, v)) if k.startswith("din_") else v) for k, v in params.items()},
+              "params": params,
               "epochs": epochs_run, "torch_threads": torch.get_num_threads(),
               "parameters": sum(p.numel() for p in model.parameters()),
               "train_samples": int(train_samples), "train_seconds": round(train_seconds, 3),
