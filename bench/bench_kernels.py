@@ -1,0 +1,188 @@
+"""Benchmark of op 1 (DIN activation-unit attention): time, peak memory and achieved
+bandwidth of each implementation, all in one run.
+
+Implementations:
+  naive      eager FuxiCTR form: builds [B, L, 4D] = [q, k, q−k, q⊙k], then the MLP
+  reference  the decomposed PyTorch reference (kernels.reference, the CPU path)
+  compile    torch.compile of the reference
+  triton     the fused Triton kernel (CUDA only; the interpreter is not a speed path)
+
+Each (implementation, B, L, D) case runs in a fresh subprocess so peak memory is its own:
+on CUDA torch.cuda.max_memory_allocated, on CPU the rise of the process's peak resident
+set (ru_maxrss) over the inputs. Time is the median of several calls after a warm-up.
+Bandwidth = minimal bytes moved (keys and values read once, output written) / time.
+
+    flock /tmp/recsys-bench.lock python bench/bench_kernels.py            # grid for this device
+    python bench/bench_kernels.py --quick                                 # smoke run
+Writes bench/results/kernels_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kernels.din_attention import din_attention  # noqa: E402
+from kernels.reference.din_attention import HiddenLayer, din_attention_padded  # noqa: E402
+
+HIDDEN = (80, 40)      # DIN official code's attention MLP
+ACTIVATION = "sigmoid"
+
+
+def naive_din(query, keys, lengths, hidden, out_weight, out_bias):
+    """FuxiCTR-style eager attention: explicit [B, L, 4D] concatenation, masked weighted sum."""
+    q = query.unsqueeze(1).expand_as(keys)
+    x = torch.cat([q, keys, q - keys, q * keys], dim=-1)                   # [B, L, 4D]
+    for layer in hidden:
+        x = torch.sigmoid(x @ layer.weight + layer.bias)                    # [B, L, H]
+    scores = x @ out_weight + out_bias
+    mask = torch.arange(keys.shape[1], device=keys.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return torch.einsum("bl,bld->bd", scores * mask, keys)
+
+
+def make_inputs(batch, length, dim, device, dtype, seed=0):
+    torch.manual_seed(seed)
+    keys = torch.randn(batch, length, dim, device=device, dtype=dtype, requires_grad=True)
+    query = torch.randn(batch, dim, device=device, dtype=dtype, requires_grad=True)
+    # lengths spread over (L/2, L]: realistic mix, padding exists
+    lengths = torch.randint(length // 2 + 1, length + 1, (batch,), device=device)
+    hidden, fan_in = [], 4 * dim
+    for width in HIDDEN:
+        hidden.append(HiddenLayer(weight=(torch.randn(fan_in, width, device=device, dtype=dtype) * fan_in ** -0.5)
+                                  .requires_grad_(), bias=torch.zeros(width, device=device, dtype=dtype,
+                                                                      requires_grad=True), activation=ACTIVATION))
+        fan_in = width
+    out_weight = torch.randn(fan_in, device=device, dtype=dtype, requires_grad=True)
+    out_bias = torch.zeros((), device=device, dtype=dtype, requires_grad=True)
+    return query, keys, lengths, hidden, out_weight, out_bias
+
+
+def implementation(name):
+    if name == "naive":
+        return naive_din
+    if name == "reference":
+        return lambda q, k, l, h, w, b: din_attention_padded(q, k, l, h, w, b)
+    if name == "compile":
+        return torch.compile(lambda q, k, l, h, w, b: din_attention_padded(q, k, l, h, w, b), dynamic=False)
+    if name == "triton":
+        return lambda q, k, l, h, w, b: din_attention(q, k, l, hidden=h, out_weight=w, out_bias=b, backend="triton")
+    raise ValueError(name)
+
+
+def peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_case(name, batch, length, dim, device, dtype, repeats, mode):
+    """One implementation, one shape, one mode ("forward" | "forward_backward"), in this
+    (fresh) process, so the peak-memory high-water mark is this case's alone."""
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    inputs = make_inputs(batch, length, dim, device, dtype)
+    fn = implementation(name)
+    params = [inputs[0], inputs[1], inputs[4], inputs[5]] + [t for h in inputs[3] for t in (h.weight, h.bias)]
+
+    def forward():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    def forward_backward():
+        out = fn(*inputs)
+        grads = torch.autograd.grad(out.sum(), params)
+        return grads
+
+    result = {}
+    for mode, call in [m for m in (("forward", forward), ("forward_backward", forward_backward)) if m[0] == mode]:
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = peak_rss_bytes()
+        call()      # first call: compile / autotune, and the memory measurement
+        sync()
+        peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            sync()
+            times.append(time.perf_counter() - start)
+        result[mode] = {"time_ms": 1e3 * statistics.median(times), "peak_memory_mb": max(peak, 0) / 2 ** 20}
+    element = torch.tensor([], dtype=dtype).element_size()
+    moved = int(inputs[2].sum()) * dim * element * 1 + batch * dim * element * 2   # keys read once (values = keys), q, out
+    result[mode]["bandwidth_gbps"] = moved / (result[mode]["time_ms"] * 1e-3) / 1e9
+    return result
+
+
+def grid(device, quick):
+    if quick:
+        return [(64, 100, 32)]
+    if device == "cuda":
+        return [(b, l, d) for b in (256, 2048) for l in (100, 1000, 10000) for d in (32, 64, 128)]
+    # CPU (2 cores shared with other jobs): the goal's shapes, B = 256, D = 64, L = 100 and 1 000
+    return [(256, l, 64) for l in (100, 1000)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one small shape (smoke test)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", default=None, help="comma list; default naive,reference,compile(+triton on cuda)")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)   # internal: run one case, print JSON
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    if args.case:
+        name, b, l, d, mode = args.case.split(",")
+        print(json.dumps(run_case(name, int(b), int(l), int(d), args.device, dtype, args.repeats, mode)))
+        return
+    methods = (args.methods.split(",") if args.methods else
+               ["naive", "reference", "compile"] + (["triton"] if args.device == "cuda" else []))
+    rows = []
+    for batch, length, dim in grid(args.device, args.quick):
+        for name in methods:
+            row = {"method": name, "B": batch, "L": length, "D": dim}
+            for mode in ("forward", "forward_backward"):
+                cmd = [sys.executable, __file__, "--case", f"{name},{batch},{length},{dim},{mode}",
+                       "--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats)]
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+                    if proc.returncode == 0:
+                        row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    else:
+                        row[mode] = {"error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip()
+                                     else "failed"}
+                except subprocess.TimeoutExpired:
+                    row[mode] = {"error": "timed out after 900 s"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}"
+    report = {"op": "din_attention", "device": args.device, "device_name": device_name,
+              "cpu_count": __import__("os").cpu_count(), "dtype": args.dtype, "hidden": HIDDEN,
+              "activation": ACTIVATION, "torch": torch.__version__,
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python"] + sys.argv), "rows": rows}
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"kernels_{args.device}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
