@@ -153,7 +153,7 @@ def run_child(stage: str, *args) -> dict:
 
 # ---------------------------------------------------------------- driver
 def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, seed: int, keep: bool,
-          loader_max_samples: int = 0) -> dict:
+          loader_max_samples: int = 0, loader_max_rows: int = 50_000_000) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for rows in rows_list:
@@ -167,9 +167,10 @@ def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, se
         entry["build"] = run_child("build", csv, out, partitions)
         print(f"  build    {entry['build']['wall_s']:.1f}s  {entry['build']['rows_per_s']:,.0f} rows/s  "
               f"{entry['build']['peak_rss_mb']:.0f} MB", flush=True)
-        entry["loader"] = run_child("loader", out, loader_max_samples)
-        print(f"  loader   {entry['loader']['samples_per_s']:,.0f} samples/s over {entry['loader']['samples']:,}",
-              flush=True)
+        if rows <= loader_max_rows:
+            entry["loader"] = run_child("loader", out, loader_max_samples)
+            print(f"  loader   {entry['loader']['samples_per_s']:,.0f} samples/s over {entry['loader']['samples']:,}",
+                  flush=True)
         if rows <= reference_max_rows:
             entry["pandas_reference"] = run_child("pandas", csv, workdir)
             ref = entry["pandas_reference"]
@@ -213,13 +214,15 @@ def markdown(report: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
-        b, lo, p = r["build"], r["loader"], r.get("pandas_reference")
-        lo_txt = f"{lo['samples_per_s']:,.0f}" + ("" if lo.get("full_pass", True) else f" (first {lo['samples']:,})")
+        b, lo, p = r["build"], r.get("loader"), r.get("pandas_reference")
+        lo_txt = "not run" if lo is None else (
+            f"{lo['samples_per_s']:,.0f}" + ("" if lo.get("full_pass", True) else f" (first {lo['samples']:,})"))
         ref = (f"{p['wall_s']:.1f} | {p['rows_per_s']:,.0f} | {p['peak_rss_mb']:,.0f} | {r['speedup_vs_pandas']:.1f}x"
                if p else "not run | | |")
         lines.append(f"| {r['rows']:,} | {b['users']:,} | {b['samples']:,} | {b['wall_s']:.1f} | {b['rows_per_s']:,.0f} "
                      f"| {b['peak_rss_mb']:,.0f} | {lo_txt} | {ref} |")
-    loads = [f"{r['rows']:,} rows: build {r['build']['load_avg_1m']}, loader {r['loader']['load_avg_1m']}"
+    loads = [f"{r['rows']:,} rows: build {r['build']['load_avg_1m']}"
+             + (f", loader {r['loader']['load_avg_1m']}" if "loader" in r else "")
              + (f", pandas {r['pandas_reference']['load_avg_1m']}" if "pandas_reference" in r else "")
              for r in report["results"] if "load_avg_1m" in r["build"]]
     if loads:
@@ -264,6 +267,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsys-bench-pipeline"))
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     parser.add_argument("--keep", action="store_true", help="keep the built datasets")
+    parser.add_argument("--loader-max-rows", type=int, default=50_000_000,
+                        help="run the loader pass only up to this many rows: the loader holds the split's sample "
+                             "columns in RAM (about 29 bytes per sample, about 5.7 GB at 100M rows)")
     parser.add_argument("--loader-max-samples", type=int, default=0,
                         help="stop the loader pass after this many samples (0 = one full pass)")
     parser.add_argument("--update-docs", action="store_true")
@@ -271,7 +277,7 @@ def main() -> None:
                         help="merge with the row counts already in --output instead of replacing them")
     args = parser.parse_args()
     report = bench(args.rows, args.workdir, args.reference_max_rows, args.partitions, args.seed, args.keep,
-                   args.loader_max_samples)
+                   args.loader_max_samples, args.loader_max_rows)
     if args.merge and args.output.exists():
         old = json.loads(args.output.read_text())
         mine = {r["rows"] for r in report["results"]}
