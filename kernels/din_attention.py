@@ -56,6 +56,8 @@ def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
     if hidden[0].weight.shape[0] != 4 * query.shape[-1]:
         raise KernelInputError(f"first hidden weight must be [4D={4 * query.shape[-1]}, H], got {tuple(hidden[0].weight.shape)}")
     chosen = choose_backend(backend, query, keys)
+    if backend == "auto" and len(hidden) > 2:
+        chosen = "torch"   # the fused kernel covers one or two hidden layers (DIN's configs)
     _LAST["backend"] = chosen
     if chosen == "triton":
         from .triton.din_attention import din_attention_triton
