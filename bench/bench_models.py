@@ -149,7 +149,9 @@ def write_docs(result: Dict) -> None:
              f"after {result['warmup']} warm-up. Device: {result['device']}; date {result['date']}; torch "
              f"{result['torch']}. Command: `{result['command']}`. Raw: `bench/results/models_cpu.json`. "
              "DIN: 16+16 embeddings, attention [36] PReLU, MLP [200, 80]; the naive row is the same model "
-             "with FuxiCTR's [B, L, 4D] concatenation, measured in the same run. CPU only: no GPU numbers.", "",
+             "with FuxiCTR's [B, L, 4D] concatenation, measured in the same run. CPU only: no GPU numbers. "
+             "Tests of other engineers can run outside the benchmark lock on this 2-core box, so single rows "
+             "are noisy (medians of few steps); read ratios between rows of the same shape with care.", "",
              "| model | B | L | ms / step | samples / s |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch']} | {r['L']} | {r['step_ms']} | {r['samples_per_s']} |"
               for r in result["rows"]]
