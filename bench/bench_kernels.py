@@ -137,6 +137,40 @@ def grid(device, quick):
     return [(256, l, 64) for l in (100, 1000)]
 
 
+def markdown(report) -> str:
+    """The ## Kernels section of docs/benchmarks.md for one report."""
+    lines = ["## Kernels", "",
+             f"DIN activation-unit attention (op 1), attention MLP {list(report['hidden'])} {report['activation']}, "
+             f"{report['dtype']}, lengths uniform in (L/2, L]. Device: {report['device']} ({report['device_name']}, "
+             f"{report['cpu_count']} cores, shared with other jobs), torch {report['torch']}, {report['date']}.",
+             f"Command: `flock /tmp/recsys-bench.lock {report['command']}` → `bench/results/kernels_{report['device']}.json`.",
+             "Peak memory: CUDA max allocated, or on CPU the rise of the process's peak RSS over the inputs.", "",
+             "| B | L | D | method | fwd ms | fwd peak MB | fwd+bwd ms | fwd+bwd peak MB |", "|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        f, fb = row.get("forward", {}), row.get("forward_backward", {})
+        cell = lambda d, k: f"{d[k]:.1f}" if k in d else d.get("error", "—")[:60]  # noqa: E731
+        lines.append(f"| {row['B']} | {row['L']} | {row['D']} | {row['method']} | {cell(f, 'time_ms')} | "
+                     f"{cell(f, 'peak_memory_mb')} | {cell(fb, 'time_ms')} | {cell(fb, 'peak_memory_mb')} |")
+    if report["device"] != "cuda":
+        lines += ["", "GPU numbers (Triton kernel, bandwidth against peak, the H100 goals) are unmeasured: "
+                  "no GPU was available. Run the same command on a CUDA machine for the full grid."]
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(report) -> None:
+    """Replace (or append) the ## Kernels section of docs/benchmarks.md."""
+    path = REPO / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = markdown(report)
+    start = text.find("## Kernels")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    path.write_text(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small shape (smoke test)")
@@ -146,8 +180,13 @@ def main():
     parser.add_argument("--methods", default=None, help="comma list; default naive,reference,compile(+triton on cuda)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)   # internal: run one case, print JSON
     parser.add_argument("--out", default=None)
+    parser.add_argument("--update-docs", default=None, metavar="JSON",
+                        help="only rewrite the ## Kernels section of docs/benchmarks.md from a results JSON")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    if args.update_docs:
+        update_docs(json.loads(Path(args.update_docs).read_text()))
+        return
     if args.case:
         name, b, l, d, mode = args.case.split(",")
         print(json.dumps(run_case(name, int(b), int(l), int(d), args.device, dtype, args.repeats, mode)))
@@ -182,6 +221,8 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
+    if not args.quick and args.out is None:
+        update_docs(report)
 
 
 if __name__ == "__main__":
