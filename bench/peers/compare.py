@@ -47,6 +47,7 @@ from recsys.metrics import ctr_metrics  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = ROOT / "bench" / "results"
 SECTION = "## FuxiCTR peer"
+FINDINGS = HERE / "findings.md"   # hand-written analysis (profiles, why a goal is missed), appended to both sections
 ACTIVATIONS = {"prelu": "PReLU", "dice": "Dice", "relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 CONTEXT = {"user": "user_id", "item": "item_id", "category": "cate_id"}
 
@@ -250,7 +251,7 @@ def results_section(results: List[dict]) -> str:
                          f"{fmt(s['auc'])} | {fmt(s['gauc'])} | {fmt(s['logloss'])} | {goal} |")
     lines += ["", "Commands (`--fuxictr-src` is a checkout of FuxiCTR v2.3.10; the peer venv comes from "
               "`bench/peers/setup_fuxictr.sh`):", ""] + [f"- `{r['command']}` ({r['date']})" for r in results] + [""]
-    return "\n".join(lines)
+    return "\n".join(lines + findings())
 
 
 def benchmarks_section(results: List[dict]) -> str:
@@ -272,7 +273,11 @@ def benchmarks_section(results: List[dict]) -> str:
     lines += ["", "Machine: " + "; ".join(machines), "",
               "Commands (`--fuxictr-src` is a checkout of FuxiCTR v2.3.10):", ""]
     lines += [f"- `{r['command']}`" for r in results] + [""]
-    return "\n".join(lines)
+    return "\n".join(lines + findings())
+
+
+def findings() -> List[str]:
+    return [FINDINGS.read_text().rstrip("\n"), ""] if FINDINGS.exists() else []
 
 
 def replace_section(path: Path, body: str, header: str) -> None:
