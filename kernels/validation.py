@@ -24,7 +24,10 @@ def check_float(name: str, x: Tensor, dims: int, dtype: Optional[torch.dtype] = 
         raise KernelInputError(f"{name} has dtype {x.dtype}, expected {dtype} (all float inputs must share one dtype)")
     if device is not None and x.device != device:
         raise KernelInputError(f"{name} is on {x.device}, expected {device} (all inputs must share one device)")
-    if torch.isnan(x).any():
+    # one reduction pass (no [B, L, D] bool tensor): a NaN anywhere makes the sum NaN; only
+    # then (or on ±inf overflow) run the exact check. The plain isnan().any() cost 7-14% of a
+    # DIN/DARE training step on CPU.
+    if not bool(torch.isfinite(x.sum())) and bool(torch.isnan(x).any()):
         raise KernelInputError(f"{name} contains NaN")
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Dict, Type
 
 from .base import RankingModel
+from .dare import DARE
 from .din import DIN
 from .embedding_mlp import EmbeddingMLP
 from .finalmlp import FinalMLP
 
 MODELS: Dict[str, Type[RankingModel]] = {
+    "DARE": DARE,
     "DIN": DIN,
     "EmbeddingMLP": EmbeddingMLP,
     "FinalMLP": FinalMLP,

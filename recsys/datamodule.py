@@ -29,10 +29,10 @@ class RankingDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> SampleLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> SampleLoader:
         rank, world = self._rank()
         return SampleLoader(self.dataset, split, batch_size, max_length=self.config.max_length, form=self.config.form,
-                            shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+                            shuffle=shuffle, seed=self.seed, rank=rank, world_size=world, drop_last=drop_last)
 
     def _wrap(self, loader: SampleLoader) -> DataLoader:
         workers = self.config.num_workers
@@ -40,7 +40,9 @@ class RankingDataModule(L.LightningDataModule):
                           prefetch_factor=4 if workers else None)
 
     def train_dataloader(self) -> DataLoader:
-        self.train_loader = self._loader("train", self.config.batch_size, shuffle=True)
+        # drop the last partial training batch: a batch of one row breaks BatchNorm and Dice
+        # statistics; the shuffle changes every epoch, so no sample is left out for good
+        self.train_loader = self._loader("train", self.config.batch_size, shuffle=True, drop_last=True)
         return self._wrap(self.train_loader)
 
     def val_dataloader(self) -> DataLoader:

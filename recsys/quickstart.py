@@ -20,10 +20,11 @@ from .config import parse_config
 from .report import write_report
 from .runner import fit
 
+# the pooled baseline comes first: the report's RelaImpr is measured against the first run
 MODELS = {
+    "pooled_baseline": ("EmbeddingMLP", {"item_dim": 16, "category_dim": 16, "mlp_units": [200, 80]}),
     "din": ("DIN", {"item_dim": 16, "category_dim": 16, "attention_units": [36], "attention_activation": "prelu",
                     "mlp_units": [200, 80]}),
-    "pooled_baseline": ("EmbeddingMLP", {"item_dim": 16, "category_dim": 16, "mlp_units": [200, 80]}),
     "finalmlp": ("FinalMLP", {"embedding_dim": 16, "mlp1_units": [400], "mlp2_units": [400], "fs_hidden_units": [64],
                               "num_heads": 10, "l2_embedding": 0.0}),
 }

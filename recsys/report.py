@@ -211,7 +211,9 @@ def group_rows(runs: Sequence[RunResult]) -> List[dict]:
         for key in ("auc", "gauc", "logloss"):
             values = np.array([m.split("test").get(key, np.nan) for m in members], dtype=float)
             row[f"test {key.upper() if key != 'logloss' else key}"] = (
-                f"{np.nanmean(values):.4f} ± {np.nanstd(values):.4f}" if np.isfinite(values).any() else "–")
+                # sample std (ddof = 1), as in bench/real_data_results.py
+                f"{np.nanmean(values):.4f} ± {np.nanstd(values, ddof=1) if np.isfinite(values).sum() > 1 else 0.0:.4f}"
+                if np.isfinite(values).any() else "–")
         rows.append(row)
     return rows
 
@@ -241,7 +243,8 @@ def _html_table(rows: List[dict], best_keys=("test AUC", "test GAUC")) -> str:
             cls = ' class="best"' if k in best and v is not None and v == best[k] and len(rows) > 1 else ""
             cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f'<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 CSS = """

@@ -173,7 +173,8 @@ def test_run_ours_times_training_apart_from_validation(built, tmp_path):
     out = run_ours.fit_timed(str(path), {"output_dir": str(tmp_path / "run"), "trainer.num_threads": 1})
     timing = json.loads((out / "timing.json").read_text())
     train_rows = BuiltDataset(built).split_counts["train"]
-    assert timing["train_samples"] == timing["epochs"] * train_rows
+    # the training loader drops the last partial batch (BatchNorm/Dice need > 1 row)
+    assert timing["train_samples"] == timing["epochs"] * (train_rows // 256) * 256
     assert timing["validation_seconds"] > 0 and timing["train_seconds"] > 0
     assert timing["train_samples_per_second"] == pytest.approx(timing["train_samples"] / timing["train_seconds"],
                                                                rel=0.01)

@@ -60,7 +60,7 @@ def test_report_numbers_relaimpr_published_and_seed_groups(runs, tmp_path):
         assert f"{rela_impr(m['auc'], base_auc):+.2f}%" in row
     assert "AUC 0.8818 (DIN Table 3)" in md
     din = np.array([m["auc"] for m in metrics[1:]])
-    assert f"| din | 3 | {din.mean():.4f} ± {din.std():.4f} |" in md       # mean ± std over the seeds
+    assert f"| din | 3 | {din.mean():.4f} ± {din.std(ddof=1):.4f} |" in md       # mean ± std over the seeds
 
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 3                        # ROC, calibration, curves

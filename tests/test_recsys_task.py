@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_pipelines.dataset import BuiltDataset
 from data_pipelines.batch import Batch
 from data_pipelines.build import build_dataset
 from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
@@ -127,14 +128,17 @@ def test_datamodule_shards_by_rank_without_overlap(dataset, world):
         train = np.concatenate([b.sample_index.numpy() for b in module.train_dataloader()])
         valid = np.concatenate([b.sample_index.numpy() for b in module.val_dataloader()])
         shards.append((train, valid))
-    single = RankingDataModule(dataset, DataSection(path=str(dataset), batch_size=64))
-    n_train = sum(b.size for b in single.train_dataloader())
+    n_train = BuiltDataset.open(dataset).split_counts["train"]
     for split in (0, 1):
         parts = [s[split] for s in shards]
         assert len({len(p) for p in parts}) == 1                        # equal shards: no rank waits
         union = np.concatenate(parts)
         assert len(np.unique(union)) == len(union)                      # no sample on two ranks
-    assert n_train - world < sum(len(s[0]) for s in shards) <= n_train  # at most world-1 left over
+    # each rank gets n // world samples and drops its last partial training batch (BatchNorm
+    # and Dice need more than one row), so fewer than world * 64 + world samples sit out an epoch
+    per_rank = n_train // world
+    assert all(len(s[0]) == per_rank // 64 * 64 for s in shards)
+    assert n_train - world * 65 < sum(len(s[0]) for s in shards) <= n_train
 
 
 def test_train_loader_reshuffles_per_epoch_but_is_seeded(dataset):
@@ -145,7 +149,11 @@ def test_train_loader_reshuffles_per_epoch_but_is_seeded(dataset):
         return np.concatenate([b.sample_index.numpy() for b in loader])
     assert np.array_equal(order(0), order(0))
     assert not np.array_equal(order(0), order(1))
-    assert np.array_equal(np.sort(order(0)), np.sort(order(1)))
+    a, b = order(0), order(1)
+    n = BuiltDataset.open(dataset).split_counts["train"]
+    assert len(a) == len(b) == n // 128 * 128                     # the partial last batch is dropped
+    assert len(np.unique(a)) == len(a) and a.max() < n            # no repeats, all valid rows
+    assert len(np.setdiff1d(np.arange(n), np.union1d(a, b))) < 128   # a different remainder each epoch
 
 
 def _raw(dataset, out, **trainer):

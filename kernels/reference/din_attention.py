@@ -55,16 +55,18 @@ def apply_activation(x: Tensor, layer: HiddenLayer, valid: Optional[Tensor] = No
     if kind == "dice":
         if layer.training:
             rows = x[valid] if valid is not None else x.reshape(-1, x.shape[-1])
-            mean = rows.mean(0)
-            var = rows.var(0, unbiased=False)
-            with torch.no_grad():
-                if layer.running_mean is not None and rows.shape[0] > 0:
-                    n = rows.shape[0]
-                    unbiased = var * (n / max(n - 1, 1))
-                    layer.running_mean.lerp_(mean.detach(), layer.momentum)
-                    layer.running_var.lerp_(unbiased.detach(), layer.momentum)
             if rows.shape[0] == 0:
-                mean, var = torch.zeros_like(mean), torch.ones_like(var)
+                # no valid behaviour in the whole batch: nothing to normalise, statistics unchanged
+                mean, var = x.new_zeros(x.shape[-1]), x.new_ones(x.shape[-1])
+            else:
+                mean = rows.mean(0)
+                var = (rows - mean).pow(2).mean(0)          # biased, as BatchNorm normalises
+                with torch.no_grad():
+                    if layer.running_mean is not None:
+                        n = rows.shape[0]
+                        unbiased = var * (n / max(n - 1, 1))
+                        layer.running_mean.lerp_(mean.detach(), layer.momentum)
+                        layer.running_var.lerp_(unbiased.detach(), layer.momentum)
         else:
             mean, var = layer.running_mean, layer.running_var
         p = torch.sigmoid((x - mean) * torch.rsqrt(var + layer.eps))
