@@ -1,10 +1,10 @@
 """Streaming a delimited text file in Arrow blocks, with every bad row counted.
 
-Clean files take a fast path: pyarrow parses the columns straight into their types. When
-a value does not parse (a non-numeric id, say), the file is read again with every column
-as a string and each row is validated, so the report names the line and the field of each
-bad value instead of failing the whole block. Rows with the wrong number of fields are
-caught by pyarrow's invalid-row handler in both passes.
+Clean files take a fast path: pyarrow parses the columns straight into their types, on
+all cores. When a value does not parse (a non-numeric id, say) or a row has the wrong
+number of fields, the rest of the file is read again single-threaded with every column as
+a string and each row validated, so the report names the line and the field of each bad
+row. Blocks already emitted by the fast pass are skipped (boundaries depend on bytes only).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _read(path, columns, validators, fast_types, report, delimiter, header, bloc
 
     types = dict(fast_types) if typed else {c: pa.string() for c in columns}
     read_options = pacsv.ReadOptions(column_names=list(columns), skip_rows=1 if header else 0,
-                                     block_size=block_size, use_threads=False)
+                                     block_size=block_size, use_threads=typed)
     parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
                                        quote_char='"' if delimiter == "," else False)
     convert_options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
@@ -147,6 +147,8 @@ def _read(path, columns, validators, fast_types, report, delimiter, header, bloc
         try:
             batch = reader.read_next_batch()
         except StopIteration:
+            if typed and field_count_errors:
+                raise _NeedsSlowPath()
             break
         except pa.ArrowInvalid as exc:
             if typed and "conversion" in str(exc).lower():
@@ -156,6 +158,10 @@ def _read(path, columns, validators, fast_types, report, delimiter, header, bloc
         except (OSError, EOFError) as exc:
             report.reject("truncated_file", str(path), line=tracker.consumed + 1, value=str(exc))
             break
+        if typed and field_count_errors:
+            # the threaded typed pass cannot tell exact line numbers: redo from this block
+            # single-threaded, which names the line of every bad row
+            raise _NeedsSlowPath()
         n = batch.num_rows
         report.defer()
         if block < state.skip_blocks:
