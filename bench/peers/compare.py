@@ -46,6 +46,23 @@ from recsys.metrics import ctr_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = ROOT / "bench" / "results"
+
+
+def portable_command(argv) -> str:
+    """The command with this machine's paths made relative to the repository root, so the
+    recorded JSON never carries absolute paths (the peer venv and FuxiCTR checkout are
+    given by the user; they are shown by name)."""
+    parent = str(ROOT.parent) + os.sep
+    out = []
+    for arg in map(str, argv):
+        if arg.startswith(str(ROOT)):
+            arg = os.path.relpath(arg, ROOT)
+        elif arg.startswith(parent):
+            arg = os.path.join("..", os.path.relpath(arg, ROOT.parent))
+        elif arg.startswith("/tmp/"):
+            arg = "$TMPDIR/" + arg[len("/tmp/"):]
+        out.append(arg)
+    return shlex.join(out)
 SECTION = "## FuxiCTR peer"
 FINDINGS = HERE / "findings.md"   # hand-written analysis (profiles, why a goal is missed), appended to both sections
 ACTIVATIONS = {"prelu": "PReLU", "dice": "Dice", "relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
@@ -186,12 +203,12 @@ def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Opti
                      "train_seconds": ours_timing["train_seconds"], "train_samples": ours_timing["train_samples"],
                      "fit_samples_per_second_incl_validation": ours_metrics.get("train_samples_per_second"),
                      "parameters": ours_metrics.get("parameters"), "torch_threads": ours_timing["torch_threads"],
-                     "command": shlex.join(ours_cmd)},
+                     "command": portable_command(ours_cmd)},
             "fuxictr": {"test": peer_test, "test_fuxictr_side": peer["splits"]["test"], "epochs": peer["epochs"],
                         "train_samples_per_second": peer["train_samples_per_second"],
                         "train_seconds": peer["train_seconds"], "train_samples": peer["train_samples"],
                         "parameters": peer["parameters"], "torch_threads": peer["torch_threads"],
-                        "command": shlex.join(peer_cmd)},
+                        "command": portable_command(peer_cmd)},
         })
 
     summary = {}
@@ -210,8 +227,7 @@ def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Opti
                       ours_auc["std"], peer_auc["std"])),
                   "throughput_at_least_1.5x": bool(speedup >= 1.5)},
         "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "flock /tmp/recsys-bench.lock python " + shlex.join(
-            [os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in sys.argv]),
+        "command": "flock /tmp/recsys-bench.lock python " + portable_command(sys.argv),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"peer_{dataset_name}_{model_name}.json").write_text(json.dumps(result, indent=2))
