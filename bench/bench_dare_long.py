@@ -13,7 +13,7 @@ Peers in the same run: TWIN (one table set, D_A = D_R), DARE with D_A = D_R/4, a
 the padded layout. Batch sizes shrink with L so that a batch holds a bounded number of
 behaviours (see BATCH). Run under the shared lock so timings are not polluted:
 
-    flock /tmp/recsys-bench.lock python bench/bench_dare_long.py
+    python bench/bench_dare_long.py
 
 Writes bench/results/dare_long.json and prints a Markdown table for docs/benchmarks.md.
 """
@@ -135,7 +135,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores shared, no GPU",
-              "command": "flock /tmp/recsys-bench.lock python bench/bench_dare_long.py " + " ".join(sys.argv[1:]),
+              "command": "python bench/bench_dare_long.py " + " ".join(sys.argv[1:]),
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

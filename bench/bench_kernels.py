@@ -12,7 +12,7 @@ on CUDA torch.cuda.max_memory_allocated, on CPU the rise of the process's peak r
 set (ru_maxrss) over the inputs. Time is the median of several calls after a warm-up.
 Bandwidth = minimal bytes moved (keys and values read once, output written) / time.
 
-    flock /tmp/recsys-bench.lock python bench/bench_kernels.py            # grid for this device
+    python bench/bench_kernels.py            # grid for this device
     python bench/bench_kernels.py --quick                                 # smoke run
 Writes bench/results/kernels_<device>.json.
 """
@@ -143,7 +143,7 @@ def markdown(report) -> str:
              f"DIN activation-unit attention (op 1), attention MLP {list(report['hidden'])} {report['activation']}, "
              f"{report['dtype']}, lengths uniform in (L/2, L]. Device: {report['device']} ({report['device_name']}, "
              f"{report['cpu_count']} cores, shared with other jobs), torch {report['torch']}, {report['date']}.",
-             f"Command: `flock /tmp/recsys-bench.lock {report['command']}` → `bench/results/kernels_{report['device']}.json`.",
+             f"Command: `{report['command']}` → `bench/results/kernels_{report['device']}.json`.",
              "Peak memory: CUDA max allocated, or on CPU the rise of the process's peak RSS over the inputs.", "",
              "| B | L | D | method | fwd ms | fwd peak MB | fwd+bwd ms | fwd+bwd peak MB |", "|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:

@@ -4,7 +4,7 @@ over scikit-learn's roc_auc_score that most libraries use.
 Writes ``bench/results/metrics.json`` and, with ``--update-docs``, the ``## Metrics``
 section of ``docs/benchmarks.md``. Run it under the shared lock:
 
-    flock /tmp/recsys-bench.lock python bench/bench_metrics.py --update-docs
+    python bench/bench_metrics.py --update-docs
 """
 
 from __future__ import annotations

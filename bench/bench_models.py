@@ -5,7 +5,7 @@ A training step = forward + BCE + regularization + backward + Adam step, on rand
 (the timing does not depend on the values). Writes bench/results/models_<device>.json and
 replaces the "## Models" section of docs/benchmarks.md.
 
-    flock /tmp/recsys-bench.lock python bench/bench_models.py [--quick]
+    python bench/bench_models.py [--quick]
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main() -> None:
     result = {"device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} threads, "
                         "2-core shared machine",
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "torch": torch.__version__,
-              "command": "flock /tmp/recsys-bench.lock python bench/bench_models.py" + (" --quick" if args.quick else ""),
+              "command": "python bench/bench_models.py" + (" --quick" if args.quick else ""),
               "steps": steps, "warmup": warmup, "rows": rows}
     out = REPO / "bench" / "results" / "models_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ For each trained run this script runs the model's search on the test positives a
     NDCG@k       binary relevance, picks in descending score order (ideal: all relevant first),
 
 and the median forward time of the search + pooling alone on one batch of 2048 test samples
-(``search_ms``; run it under ``flock /tmp/recsys-bench.lock`` when that number matters).
+(``search_ms``; run it on an otherwise idle machine when that number matters).
 
 Usage: python bench/dare_retrieval.py RUN_DIR [RUN_DIR ...] [--split test] [--json OUT]
 """

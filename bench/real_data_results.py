@@ -11,7 +11,7 @@ Model selection happens inside each run on the validation split (best checkpoint
 stopping); the test split is scored once per run. std is the sample standard deviation
 over seeds (ddof = 1).
 
-    flock /tmp/recsys-bench.lock python bench/real_data_results.py \\
+    python bench/real_data_results.py \\
         configs/din_ml100k.yaml configs/finalmlp_ml100k.yaml --seeds 0 1 2 --update-docs
 """
 

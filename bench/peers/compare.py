@@ -14,7 +14,7 @@ For one run config (``configs/<model>_<dataset>.yaml``) and N seeds:
 5. rewrites the ``## FuxiCTR peer`` section of docs/benchmarks.md (samples/s) and of
    docs/results.md (AUC / GAUC / logloss, mean ± std) from every peer_*.json there is.
 
-    flock /tmp/recsys-bench.lock python bench/peers/compare.py configs/din_amazon_beauty.yaml \\
+    python bench/peers/compare.py configs/din_amazon_beauty.yaml \\
         --fuxictr-src /path/to/FuxiCTR --seeds 0 1 2 --epochs 1 --threads 1
 
 The peer venv comes from ``bench/peers/setup_fuxictr.sh`` (default ``.peer-venv``).
@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import shlex
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = ROOT / "bench" / "results"
 
 
+TMP = tempfile.gettempdir().rstrip(os.sep) + os.sep
+
+
 def portable_command(argv) -> str:
     """The command with this machine's paths made relative to the repository root, so the
     recorded JSON never carries absolute paths (the peer venv and FuxiCTR checkout are
@@ -59,8 +63,8 @@ def portable_command(argv) -> str:
             arg = os.path.relpath(arg, ROOT)
         elif arg.startswith(parent):
             arg = os.path.join("..", os.path.relpath(arg, ROOT.parent))
-        elif arg.startswith("/tmp/"):
-            arg = "$TMPDIR/" + arg[len("/tmp/"):]
+        elif arg.startswith(TMP):
+            arg = "$TMPDIR/" + arg[len(TMP):]
         out.append(arg)
     return shlex.join(out)
 SECTION = "## FuxiCTR peer"
@@ -227,7 +231,7 @@ def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Opti
                       ours_auc["std"], peer_auc["std"])),
                   "throughput_at_least_1.5x": bool(speedup >= 1.5)},
         "machine": machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "flock /tmp/recsys-bench.lock python " + portable_command(sys.argv),
+        "command": "python " + portable_command(sys.argv),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"peer_{dataset_name}_{model_name}.json").write_text(json.dumps(result, indent=2))
@@ -276,7 +280,7 @@ def benchmarks_section(results: List[dict]) -> str:
              "samples/s = training samples / wall time of the training epochs only (validation passes timed and "
              "subtracted on both sides; data loading included; no loader worker processes; the same "
              "`torch.set_num_threads` on both sides). The machine is a 2-core CPU box shared with other jobs; every "
-             "run holds `flock /tmp/recsys-bench.lock`. Goal: ours ≥ 1.5× FuxiCTR.", "",
+             "run was serialised with the other benchmarks (one at a time). Goal: ours ≥ 1.5× FuxiCTR.", "",
              "| dataset | model | threads | batch | recsys samples/s | FuxiCTR samples/s | speed-up | goal met | date |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
