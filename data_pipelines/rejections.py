@@ -120,3 +120,16 @@ class RejectionReport:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def readable_file(path, report: RejectionReport) -> bool:
+    """False (and the reason counted) when ``path`` is missing or empty."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.exists():
+        report.reject("missing_file", str(path), value="file does not exist")
+        return False
+    if path.stat().st_size == 0:
+        report.reject("empty_file", str(path), value="file is empty")
+        return False
+    return True

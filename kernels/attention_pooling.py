@@ -15,7 +15,7 @@ from typing import Optional
 from torch import Tensor
 
 from .reference.attention_pooling import WEIGHTINGS, attention_pooling_padded
-from .validation import KernelInputError, check_float, choose_backend, jagged_to_padded, resolve_rows
+from .validation import KernelInputError, check_attention_inputs, choose_backend, jagged_to_padded
 
 _LAST = {"backend": None}
 
@@ -41,15 +41,7 @@ def attention_pooling(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = N
     """
     if weighting not in WEIGHTINGS:
         raise KernelInputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    check_float("query", query, 2)
-    jagged, row_lengths, offsets = resolve_rows(keys, lengths, offsets, query.shape[0])
-    check_float("keys", keys, keys.dim(), query.dtype, query.device)
-    if keys.shape[-1] != query.shape[-1]:
-        raise KernelInputError(f"keys width {keys.shape[-1]} != query width {query.shape[-1]}")
-    if values is not None:
-        check_float("values", values, keys.dim(), query.dtype, query.device)
-        if values.shape[:-1] != keys.shape[:-1]:
-            raise KernelInputError(f"values {tuple(values.shape)} must match keys {tuple(keys.shape)} except the last dim")
+    jagged, row_lengths, offsets = check_attention_inputs(query, keys, values, lengths, offsets)
     chosen = choose_backend(backend, query, keys)
     _LAST["backend"] = chosen
     if chosen == "triton":

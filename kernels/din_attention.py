@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from torch import Tensor
 
 from .reference.din_attention import HiddenLayer, din_attention_padded
-from .validation import KernelInputError, check_float, choose_backend, jagged_to_padded, resolve_rows
+from .validation import KernelInputError, check_attention_inputs, choose_backend, jagged_to_padded
 
 _LAST = {"backend": None}
 
@@ -41,16 +41,7 @@ def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
     Returns:
         pooled [B, Dv]; rows with no behaviours pool to zeros.
     """
-    batch = query.shape[0] if query.dim() == 2 else -1
-    check_float("query", query, 2)
-    jagged, row_lengths, offsets = resolve_rows(keys, lengths, offsets, batch)
-    check_float("keys", keys, keys.dim(), query.dtype, query.device)
-    if keys.shape[-1] != query.shape[-1]:
-        raise KernelInputError(f"keys width {keys.shape[-1]} != query width {query.shape[-1]}")
-    if values is not None:
-        check_float("values", values, keys.dim(), query.dtype, query.device)
-        if values.shape[:-1] != keys.shape[:-1]:
-            raise KernelInputError(f"values {tuple(values.shape)} must match keys {tuple(keys.shape)} except the last dim")
+    jagged, row_lengths, offsets = check_attention_inputs(query, keys, values, lengths, offsets)
     if not hidden:
         raise KernelInputError("the attention MLP needs at least one hidden layer")
     if hidden[0].weight.shape[0] != 4 * query.shape[-1]:

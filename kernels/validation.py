@@ -79,6 +79,23 @@ def jagged_to_padded(values: Tensor, offsets: Tensor, lengths: Tensor, max_lengt
     return out
 
 
+def check_attention_inputs(query: Tensor, keys: Tensor, values: Optional[Tensor], lengths: Optional[Tensor],
+                           offsets: Optional[Tensor]) -> Tuple[bool, Tensor, Optional[Tensor]]:
+    """Shared checks of a single-query attention op: query [B, D]; keys padded [B, L, D] +
+    lengths or jagged [N, D] + offsets; values (optional) in the keys' layout. Returns
+    ``resolve_rows``'s (is_jagged, lengths, offsets)."""
+    check_float("query", query, 2)
+    jagged, row_lengths, offsets = resolve_rows(keys, lengths, offsets, query.shape[0])
+    check_float("keys", keys, keys.dim(), query.dtype, query.device)
+    if keys.shape[-1] != query.shape[-1]:
+        raise KernelInputError(f"keys width {keys.shape[-1]} != query width {query.shape[-1]}")
+    if values is not None:
+        check_float("values", values, keys.dim(), query.dtype, query.device)
+        if values.shape[:-1] != keys.shape[:-1]:
+            raise KernelInputError(f"values {tuple(values.shape)} must match keys {tuple(keys.shape)} except the last dim")
+    return jagged, row_lengths, offsets
+
+
 def choose_backend(backend: str, *tensors: Tensor) -> str:
     """"auto" → "triton" for CUDA tensors when triton imports, else "torch"."""
     if backend not in ("auto", "torch", "triton"):

@@ -9,7 +9,6 @@ row. Blocks already emitted by the fast pass are skipped (boundaries depend on b
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..rejections import DataError, RejectionReport
+from ..rejections import DataError, RejectionReport, readable_file
 
 INT_PATTERN = r"^\s*-?[0-9]+\s*$"
 FLOAT_PATTERN = r"^\s*-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
@@ -85,11 +84,7 @@ def read_delimited(path: Path, columns: Sequence[str], validators: Dict[str, Val
     ``{reason: bad_mask}`` checks (for example an unknown behaviour type).
     """
     path = Path(path)
-    if not path.exists():
-        report.reject("missing_file", str(path), value="file does not exist")
-        return
-    if path.stat().st_size == 0:
-        report.reject("empty_file", str(path), value="file is empty")
+    if not readable_file(path, report):
         return
     state = _ReadState()
     try:

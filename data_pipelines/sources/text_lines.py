@@ -8,18 +8,14 @@ import zlib
 from pathlib import Path
 from typing import Iterator, Tuple
 
-from ..rejections import RejectionReport
+from ..rejections import RejectionReport, readable_file
 
 
 def iter_lines(path: Path, report: RejectionReport) -> Iterator[Tuple[int, str]]:
     """(1-based line number, text without newline); a missing, empty or truncated file is
     reported (reasons missing_file / empty_file / truncated_file), never raised in skip mode."""
     path = Path(path)
-    if not path.exists():
-        report.reject("missing_file", str(path), value="file does not exist")
-        return
-    if path.stat().st_size == 0:
-        report.reject("empty_file", str(path), value="file is empty")
+    if not readable_file(path, report):
         return
     opener = gzip.open if str(path).endswith(".gz") else open
     number = 0
