@@ -263,8 +263,10 @@ class DARE(RankingModel):
         return torch.cat([q[:, :sem] * sem ** -0.5, q[:, sem:] * pos ** -0.5], dim=-1)
 
     # ------------------------------------------------------------------ search
-    def _two_stage(self, q: Tensor, keys: Tensor, values: Tensor, batch: Batch) -> Tuple[Tensor, Tensor]:
-        """(h [B, D_R], index [B, top_k] of in-row positions, -1 where nothing was kept)."""
+    def _two_stage(self, q: Tensor, keys: Tensor, values: Tensor, batch: Batch) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """(h [B, D_R], index [B, top_k] of in-row positions, -1 where nothing was kept,
+        stage-1 scores [B, L] over the whole padded history, padding = PAD_SCORE; None for
+        jagged input, hard search or an empty batch, where they do not cover the padded row)."""
         lengths, offsets = batch.lengths, batch.offsets
         in_row: Optional[Tensor] = None
         if self.search == "hard":
@@ -289,15 +291,15 @@ class DARE(RankingModel):
         width = (int(lengths.max()) if batch.size else 0) if jagged else keys.shape[1]
         k = min(self.top_k, width)
         if k == 0:   # no row has a behaviour to keep: every user is scored by the target alone
-            return values.new_zeros((batch.size, values.shape[-1])), lengths.new_full((batch.size, self.top_k), -1)
-        pooled, _, index = topk_target_attention(q, keys, values, None if jagged else lengths, k=k, scale=1.0,
+            return values.new_zeros((batch.size, values.shape[-1])), lengths.new_full((batch.size, self.top_k), -1), None
+        pooled, scores, index = topk_target_attention(q, keys, values, None if jagged else lengths, k=k, scale=1.0,
                                                  offsets=offsets if jagged else None, backend=self.attention_backend)
         if in_row is not None:   # map positions in the category sub-history back to the row
             flat = offsets[:-1].unsqueeze(1) + index.clamp_min(0)
             index = torch.where(index >= 0, in_row[flat.clamp_max(max(in_row.shape[0] - 1, 0))], index)
         if k < self.top_k:
             index = torch.cat([index, index.new_full((batch.size, self.top_k - k), -1)], dim=1)
-        return pooled, index
+        return pooled, index, (scores if in_row is None and not jagged else None)
 
     def _din_scores(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """DIN activation-unit scores / D, padding → PAD_SCORE: [B, L]."""
@@ -342,9 +344,14 @@ class DARE(RankingModel):
                 out["h_full"] = h_full
             return out
         q = self._scaled_query(q)
-        out["h"], out["index"] = self._two_stage(q, keys, values, batch)
+        out["h"], out["index"], scores = self._two_stage(q, keys, values, batch)
         if self.aux_head is not None and self.training:
-            if batch.is_jagged:
+            if scores is not None:
+                # The aux head attends over the whole history with the same scores as stage 1:
+                # reuse them instead of a second [B, L, D_A] score pass (forward and backward).
+                weights = torch.softmax(scores.masked_fill(~batch.history_mask(), float("-inf")), dim=1)
+                out["h_full"] = torch.bmm(weights.nan_to_num(0.0).unsqueeze(1), values).squeeze(1)
+            elif batch.is_jagged:
                 out["h_full"] = attention_pooling(q, keys, offsets=batch.offsets, values=values, scale=1.0,
                                                   backend=self.attention_backend)
             elif keys.shape[1] == 0:

@@ -234,3 +234,26 @@ def test_trains_on_planted_signal():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("variant", ["dare", "twin", "twin_4e", "projection"])
+def test_aux_pooling_reuses_stage1_scores_exactly(variant):
+    """The aux h_full (padded, soft search) reuses stage-1 scores; it must equal a separate
+    softmax attention pooling over the whole history, values and gradients, empty rows → 0."""
+    from kernels.attention_pooling import attention_pooling
+    torch.manual_seed(0)
+    model = DARE(FEATURES, variant=variant, top_k=3, attention_backend="torch").train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    batch = make_batch([0, 2, 5, 8])
+    h_full = model.search_and_pool(batch)["h_full"]
+    q, keys, _, values = model._embed(batch)
+    expected = attention_pooling(model._scaled_query(q), keys, batch.lengths, values=values, scale=1.0,
+                                 backend="torch")
+    assert torch.allclose(h_full, expected, atol=1e-6)
+    assert torch.equal(h_full[0], torch.zeros_like(h_full[0]))
+    g1 = torch.autograd.grad(h_full.square().sum(), list(model.embeddings.parameters()), allow_unused=True)
+    g2 = torch.autograd.grad(expected.square().sum(), list(model.embeddings.parameters()), allow_unused=True)
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
