@@ -15,6 +15,9 @@ half-written build never looks finished)::
     item_category.npy      [num_items] category id of each item id
     timelines/part-00000.parquet ...   one row per user: user, items, categories, behaviors, timestamps[, labels]
     samples/part-00000.parquet ...     row, user, cut, target_item, target_category, label, split
+    split_columns/{train,valid,test}/{row,user,cut,target_item,target_category,label}.npy
+                           the same sample rows, one file per split and column (same order as
+                           the Parquet rows of that split), memory-mapped by the loader
     flat/{offsets,item,category,behavior,timestamp[,label]}.npy
                            the timelines' Arrow offsets and values, concatenated over partitions,
                            for zero-copy memory-mapped gathers by the loader
@@ -34,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .columns import SAMPLE_COLUMNS, SplitColumnWriter
 from .config import DataConfig, load_data_config, to_dict
 from .rejections import DataError, RejectionReport
 from .samples import SPLITS, NegativeSampler, build_samples
@@ -176,6 +180,7 @@ def _build_into(config: DataConfig, tmp: Path, progress: bool) -> dict:
 
     (tmp / "timelines").mkdir()
     (tmp / "samples").mkdir()
+    split_columns = SplitColumnWriter(tmp / "split_columns", SPLITS)
     flat_parts: dict = {}
     offsets_parts, rows_per_partition = [], []
     split_counts = {s: 0 for s in SPLITS}
@@ -211,12 +216,14 @@ def _build_into(config: DataConfig, tmp: Path, progress: bool) -> dict:
         samples = samples.set_column(0, "row", pc.add(samples.column("row"), row_base))
         pq.write_table(samples, str(tmp / "samples" / f"part-{p:05d}.parquet"), use_dictionary=False,
                        compression="lz4", write_statistics=False)
+        split_columns.append({name: samples.column(name).to_numpy() for name in SAMPLE_COLUMNS}, split_np)
         n_samples += samples.num_rows
         for name, values in flat.items():
             flat_parts.setdefault(name, []).append(values)
         offsets_parts.append(offsets[1:] + (offsets_parts[-1][-1] if offsets_parts else 0))
         rows_per_partition.append(len(user_ids))
         row_base += len(user_ids)
+    split_columns.close()
     shutil.rmtree(events_dir)
     _write_flat(tmp / "flat", flat_parts, offsets_parts)
     report.save(tmp / "rejections.json")

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .build import load_manifest
+from .columns import SAMPLE_COLUMNS
 from .samples import SPLITS
 from .vocab import Vocabulary
 
@@ -76,6 +77,32 @@ class BuiltDataset:
         table = pq.read_table(str(self.path / "samples"), columns=columns,
                               filters=[("split", "=", SPLITS[split])])
         return table
+
+    def sample_columns(self, split: str) -> Dict[str, np.ndarray]:
+        """The loader's columns of one split (row, user, cut, target_item, target_category,
+        label), each [N] and memory-mapped, so holding them costs no RAM per sample.
+
+        Builds made before ``split_columns/`` existed fall back to reading the split's
+        Parquet rows into RAM.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        folder = self.path / "split_columns" / split
+        if not folder.is_dir():
+            table = self.samples(split, columns=list(SAMPLE_COLUMNS))
+            return {name: table.column(name).to_numpy() for name in table.column_names}
+        columns = {}
+        for name in SAMPLE_COLUMNS:
+            path = folder / f"{name}.npy"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} missing: the dataset at {self.path} is incomplete; rebuild it")
+            columns[name] = np.load(path, mmap_mode="r")
+        lengths = {name: len(values) for name, values in columns.items()}
+        expected = self.split_counts.get(split)
+        if len(set(lengths.values())) != 1 or (expected is not None and lengths["row"] != expected):
+            raise ValueError(f"{folder}: column lengths {lengths} disagree with the manifest's "
+                             f"{expected} {split} samples; the dataset is corrupt, rebuild it")
+        return columns
 
     def timelines(self) -> pa.Table:
         return pq.read_table(str(self.path / "timelines"))

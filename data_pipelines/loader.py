@@ -5,6 +5,13 @@ page cache); a batch's histories are one fancy-index gather per column: for samp
 timeline row r and cut c, the history is ``values[offsets[r] + max(c - L, 0) : offsets[r] + c]``
 (the last L behaviours before the cut, oldest first). No Python loop over rows.
 
+The split's sample columns are memory-mapped too (``split_columns/*.npy``), and the shuffle
+is a two-level block shuffle, so nothing the loader holds grows with the number of samples:
+every epoch permutes the blocks of ``shuffle_block`` consecutive samples (seeded by seed and
+epoch), then each block's samples (seeded by seed, epoch and block). Every sample is still
+seen exactly once per epoch; a split no larger than one block gets a full uniform
+permutation. The order is computed block by block as batches need it (no [N] permutation).
+
 Sharding: the (optionally shuffled) sample order is split by DDP rank first, then by
 DataLoader worker. Under DDP every rank gets the same number of samples (``N // world_size``;
 the at most ``world_size - 1`` left over are not used, and the data module logs how many), so
@@ -55,6 +62,7 @@ class SampleLoader(IterableDataset):
         rank, world_size: DDP sharding.
         drop_last: drop the last incomplete batch of each shard.
         with_timestamps: also gather ``hist_timestamp``.
+        shuffle_block: samples per shuffle block (see the module docstring).
 
     Use ``DataLoader(loader, batch_size=None, num_workers=k)``; call ``set_epoch`` before
     each epoch when shuffling (the Lightning data module does).
@@ -62,7 +70,8 @@ class SampleLoader(IterableDataset):
 
     def __init__(self, dataset: Union[str, BuiltDataset], split: str, batch_size: int,
                  max_length: Optional[int] = None, form: str = "padded", shuffle: bool = False, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = False, with_timestamps: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False, with_timestamps: bool = False,
+                 shuffle_block: int = 1 << 16) -> None:
         super().__init__()
         if form not in ("padded", "jagged"):
             raise ValueError(f"form must be 'padded' or 'jagged', got {form!r}")
@@ -70,6 +79,8 @@ class SampleLoader(IterableDataset):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if shuffle_block < 1:
+            raise ValueError(f"shuffle_block must be >= 1, got {shuffle_block}")
         self.dataset = BuiltDataset.open(dataset)
         self.split = split
         self.batch_size = batch_size
@@ -79,14 +90,16 @@ class SampleLoader(IterableDataset):
         self.form, self.shuffle, self.seed = form, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.with_timestamps = with_timestamps
+        self.shuffle_block = shuffle_block
         self.epoch = 0
-        table = self.dataset.samples(split, columns=["row", "user", "cut", "target_item", "target_category", "label"])
-        self._columns = {name: table.column(name).to_numpy() for name in table.column_names}
-        self.num_samples = table.num_rows
+        self._columns = self.dataset.sample_columns(split)   # memory-mapped [N] columns
+        self.num_samples = len(self._columns["row"])
         self._flat = None
+        self._block_cache: dict = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._block_cache = {}
 
     def _shard_size(self) -> int:
         # equal shards across ranks; the few samples beyond world_size * shard are dropped
@@ -98,11 +111,49 @@ class SampleLoader(IterableDataset):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _order(self) -> np.ndarray:
-        order = np.arange(self.num_samples)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
-        shard = self._shard_size()
-        return order[self.rank * shard:(self.rank + 1) * shard] if self.world_size > 1 else order
+        """This shard's whole sample order [shard] (for tests; iteration builds it per batch)."""
+        return self._order_range(0, self._shard_size())
+
+    def _block_layout(self) -> "tuple[np.ndarray, np.ndarray]":
+        """(block ids in epoch order [nb], virtual start of each of them [nb + 1])."""
+        key = ("layout", self.epoch)
+        if key not in self._block_cache:
+            n, size = self.num_samples, self.shuffle_block
+            blocks = np.random.default_rng([self.seed, self.epoch]).permutation(-(-n // size))
+            sizes = np.minimum(size, n - blocks * size)
+            self._block_cache = {key: (blocks, np.concatenate([[0], np.cumsum(sizes)]))}  # drops older epochs
+        return self._block_cache[key]
+
+    def _block_order(self, block: int) -> np.ndarray:
+        """Sample indices of one block in their shuffled order."""
+        key = ("block", self.epoch, block)
+        if key not in self._block_cache:
+            start = block * self.shuffle_block
+            size = min(self.shuffle_block, self.num_samples - start)
+            rng = np.random.default_rng([self.seed, self.epoch, block])
+            # keep the layout and the two most recent blocks (a batch spans at most two
+            # when batch_size <= shuffle_block; workers stride through consecutive batches)
+            recent = [k for k in self._block_cache if k[0] == "block"]
+            for old in recent[:-1]:
+                del self._block_cache[old]
+            self._block_cache[key] = start + rng.permutation(size)
+        return self._block_cache[key]
+
+    def _order_range(self, begin: int, end: int) -> np.ndarray:
+        """Sample indices at positions [begin, end) of this shard's epoch order."""
+        offset = self.rank * self._shard_size() if self.world_size > 1 else 0
+        begin, end = begin + offset, end + offset
+        if not self.shuffle:
+            return np.arange(begin, end)
+        blocks, starts = self._block_layout()
+        parts = []
+        k = int(np.searchsorted(starts, begin, side="right")) - 1
+        while begin < end:
+            order = self._block_order(int(blocks[k]))
+            stop = min(end, int(starts[k + 1]))
+            parts.append(order[begin - starts[k]:stop - starts[k]])
+            begin, k = stop, k + 1
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def _flat_arrays(self) -> dict:
         if self._flat is None:  # opened lazily, once per worker process
@@ -112,15 +163,15 @@ class SampleLoader(IterableDataset):
         return self._flat
 
     def __iter__(self) -> Iterator[Batch]:
-        order = self._order()
-        starts = np.arange(0, len(order), self.batch_size)
-        if self.drop_last and len(order) % self.batch_size:
+        n = self._shard_size()
+        starts = np.arange(0, n, self.batch_size)
+        if self.drop_last and n % self.batch_size:
             starts = starts[:-1]
         info = get_worker_info()
         if info is not None:
             starts = starts[info.id::info.num_workers]
         for start in starts:
-            yield self.make_batch(order[start:start + self.batch_size])
+            yield self.make_batch(self._order_range(int(start), min(int(start) + self.batch_size, n)))
 
     def make_batch(self, index: np.ndarray) -> Batch:
         """The Batch of the given sample indices (within this split)."""

@@ -152,3 +152,46 @@ def test_loader_batches_cover_the_split_once(tmp_path):
               for r in range(3)]
     assert len({len(s) for s in shards}) == 1                 # equal shards for DDP
     assert len(np.unique(np.concatenate(shards))) == sum(len(s) for s in shards)
+
+
+def test_split_columns_match_the_parquet_samples(tmp_path):
+    ds = BuiltDataset(build_dataset(synthetic(tmp_path), progress=False))
+    for split in ("train", "valid", "test"):
+        columns = ds.sample_columns(split)
+        table = ds.samples(split)
+        assert all(isinstance(v, np.memmap) for v in columns.values())     # not loaded into RAM
+        for name, values in columns.items():
+            assert values.dtype == table.column(name).type.to_pandas_dtype()
+            assert np.array_equal(values, table.column(name).to_numpy()), (split, name)
+
+
+def test_truncated_split_column_is_reported(tmp_path):
+    ds = BuiltDataset(build_dataset(synthetic(tmp_path), progress=False))
+    path = ds.path / "split_columns" / "train" / "cut.npy"
+    header = np.lib.format.read_magic(open(path, "rb"))
+    assert header == (1, 0)
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(ValueError):
+        ds.sample_columns("train")
+
+
+@pytest.mark.parametrize("block", [1, 97, 1 << 16])
+def test_block_shuffle_sees_every_sample_once_under_sharding(tmp_path, block):
+    ds = BuiltDataset(build_dataset(synthetic(tmp_path), progress=False))
+    n = ds.split_counts["train"]
+    loader = SampleLoader(ds, "train", 64, shuffle=True, seed=5, shuffle_block=block)
+    first = np.concatenate([b.sample_index.numpy() for b in loader])
+    assert np.array_equal(np.sort(first), np.arange(n))
+    assert not np.array_equal(first, np.arange(n))
+    loader.set_epoch(1)
+    second = np.concatenate([b.sample_index.numpy() for b in loader])
+    assert np.array_equal(np.sort(second), np.arange(n)) and not np.array_equal(first, second)
+    assert np.array_equal(loader._order(), second)
+    shards = [np.concatenate([b.sample_index.numpy() for b in
+                              SampleLoader(ds, "train", 64, shuffle=True, seed=5, rank=r, world_size=3,
+                                           shuffle_block=block)]) for r in range(3)]
+    union = np.concatenate(shards)
+    assert {len(s) for s in shards} == {n // 3} and len(np.unique(union)) == len(union)
+    blocks, starts = loader._block_layout()   # epoch 1: each block's samples stay together
+    for k, b in enumerate(blocks):
+        assert np.all(second[starts[k]:starts[k + 1]] // block == b)
