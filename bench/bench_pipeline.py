@@ -61,17 +61,20 @@ def stage_generate(csv: Path, rows: int, seed: int) -> dict:
             "csv_bytes": csv.stat().st_size}
 
 
-def stage_build(csv: Path, out: Path, partitions: int) -> dict:
+def stage_build(csv: Path, out: Path, partitions: int, workers: int = 1) -> dict:
     from data_pipelines.build import build_dataset
     from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig
     config = DataConfig(output=str(out), source=SourceConfig(format="taobao", paths=[str(csv)]),
                         protocol=ProtocolConfig(name="din", max_length=MAX_LENGTH, validation=True, n_neg=1),
                         partitions=partitions, seed=0)
     start = time.perf_counter()
-    build_dataset(config, overwrite=True, progress=False)
+    build_dataset(config, overwrite=True, progress=False, workers=workers)
     wall = time.perf_counter() - start
     manifest = json.loads((out / "manifest.json").read_text())
+    # with workers > 1, peak RSS is this process's only: the workers are forkserver children
+    # that ru_maxrss of this process does not cover
     return {"wall_s": wall, "rows_per_s": manifest["events"] / wall, "peak_rss_mb": _peak_rss_mb(),
+            "workers": workers,
             "events": manifest["events"], "users": manifest["users"], "samples": manifest["samples"],
             "split_samples": manifest["split_samples"], "rejected": manifest["rejections"]["rejected"],
             "partitions": partitions}
@@ -158,6 +161,7 @@ def run_child(stage: str, *args) -> dict:
 
 # ---------------------------------------------------------------- driver
 def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, seed: int, keep: bool,
+          build_workers: int = 1,
           loader_max_samples: int = 0, loader_max_rows: int = 0) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -169,7 +173,7 @@ def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, se
             entry["generate"] = run_child("generate", csv, rows, seed)
             print(f"  generate {entry['generate']['wall_s']:.1f}s", flush=True)
         out = workdir / f"built_{rows}"
-        entry["build"] = run_child("build", csv, out, partitions)
+        entry["build"] = run_child("build", csv, out, partitions, build_workers)
         print(f"  build    {entry['build']['wall_s']:.1f}s  {entry['build']['rows_per_s']:,.0f} rows/s  "
               f"{entry['build']['peak_rss_mb']:.0f} MB", flush=True)
         if not loader_max_rows or rows <= loader_max_rows:
@@ -196,7 +200,7 @@ def bench(rows_list, workdir: Path, reference_max_rows: int, partitions: int, se
         "python": platform.python_version(),
         "command": "python " + " ".join(sys.argv),
         "settings": {"protocol": "din", "max_length": MAX_LENGTH, "validation": True, "n_neg": 1,
-                     "partitions": partitions, "loader_batch_size": BATCH_SIZE, "loader_threads": 1, "seed": seed},
+                     "partitions": partitions, "build_workers": build_workers, "loader_batch_size": BATCH_SIZE, "loader_threads": 1, "seed": seed},
         "results": results,
     }
 
@@ -256,7 +260,7 @@ def main() -> None:
         if stage == "generate":
             out = stage_generate(Path(args[0]), int(args[1]), int(args[2]))
         elif stage == "build":
-            out = stage_build(Path(args[0]), Path(args[1]), int(args[2]))
+            out = stage_build(Path(args[0]), Path(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else 1)
         elif stage == "loader":
             out = stage_loader(Path(args[0]), int(args[1]))
         else:
@@ -269,6 +273,9 @@ def main() -> None:
                         help="run the pandas reference only up to this many rows")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--build-workers", type=int, default=1,
+                        help="processes for the build's pass 2 (build_dataset(workers=)); the reported peak RSS "
+                             "is then the main process's only")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-pipeline")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     parser.add_argument("--keep", action="store_true", help="keep the built datasets")
@@ -282,6 +289,7 @@ def main() -> None:
                         help="merge with the row counts already in --output instead of replacing them")
     args = parser.parse_args()
     report = bench(args.rows, args.workdir, args.reference_max_rows, args.partitions, args.seed, args.keep,
+                   args.build_workers,
                    args.loader_max_samples, args.loader_max_rows)
     if args.merge and args.output.exists():
         old = json.loads(args.output.read_text())

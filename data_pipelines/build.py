@@ -25,10 +25,13 @@ half-written build never looks finished)::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -37,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .columns import SAMPLE_COLUMNS, SplitColumnWriter
+from .columns import SAMPLE_COLUMNS, NpyAppender, SplitColumnWriter
 from .config import DataConfig, load_data_config, to_dict
 from .rejections import DataError, RejectionReport
 from .samples import SPLITS, NegativeSampler, build_samples
@@ -82,8 +85,13 @@ def build_from_yaml(path: Union[str, Path], overwrite: bool = False, progress: b
     return build_dataset(load_data_config(Path(path)), overwrite=overwrite, progress=progress)
 
 
-def build_dataset(config: DataConfig, overwrite: bool = False, progress: bool = True) -> Path:
+def build_dataset(config: DataConfig, overwrite: bool = False, progress: bool = True,
+                  workers: Optional[int] = None) -> Path:
     """Build (or reuse) the dataset described by ``config``; returns the output directory.
+
+    ``workers``: processes building pass-2 partitions (None or 1 = in this process). The
+    output is byte-identical either way (tested). With 2+ workers, a script calling this
+    needs the ``if __name__ == "__main__":`` guard (the workers are forkserver children).
 
     An existing complete output built from the same config is reused (no-op); one built
     from a different config is an error unless ``overwrite``.
@@ -105,7 +113,7 @@ def build_dataset(config: DataConfig, overwrite: bool = False, progress: bool = 
     (tmp / "vocab").mkdir(parents=True)
     started = time.perf_counter()
     try:
-        stats = _build_into(config, tmp, progress)
+        stats = _build_into(config, tmp, progress, workers)
         stats["build_seconds"] = round(time.perf_counter() - started, 3)
         (tmp / "manifest.json").write_text(json.dumps(stats, indent=2))
         if out.exists():
@@ -123,7 +131,13 @@ def _comparable(config: DataConfig) -> dict:
     return json.loads(json.dumps(d))
 
 
-def _build_into(config: DataConfig, tmp: Path, progress: bool) -> dict:
+def _build_into(config: DataConfig, tmp: Path, progress: bool, workers: Optional[int] = None) -> dict:
+    # pass-2 workers start now, so their interpreter start-up overlaps pass 1
+    with _executor(_pass2_workers(config, workers, config.partitions)) as pool:
+        return _build_with(config, tmp, progress, pool)
+
+
+def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     from tqdm.auto import tqdm
 
     report = RejectionReport(on_error=config.on_error, max_reject_rate=config.max_reject_rate)
@@ -176,56 +190,49 @@ def _build_into(config: DataConfig, tmp: Path, progress: bool) -> dict:
         vocab.save(tmp / "vocab" / f"{name}.parquet")
     item_category, conflicts = _item_categories(pa.concat_tables(pairs), vocabs)
     np.save(tmp / "item_category.npy", item_category)
-    sampler = NegativeSampler(vocabs["item"].id_counts(), config.protocol.negatives)
-
+    # timeline rows per partition are known now (one per user hashing there), so every
+    # partition's global row numbers are too and partitions can be built independently
+    users_per_partition = np.bincount(stable_hash(vocabs["user"].raw, P), minlength=P)
+    row_bases = np.concatenate([[0], np.cumsum(users_per_partition)[:-1]]).astype(np.int64)
     (tmp / "timelines").mkdir()
     (tmp / "samples").mkdir()
+    (tmp / "_parts").mkdir()
+    jobs = [(str(tmp), p, int(row_bases[p]), config, pool is None) for p in range(P)
+            if (events_dir / f"part-{p:05d}.arrow").exists()]
     split_columns = SplitColumnWriter(tmp / "split_columns", SPLITS)
-    flat_parts: dict = {}
-    offsets_parts, rows_per_partition = [], []
+    flat_writer = FlatWriter(tmp / "flat")
     split_counts = {s: 0 for s in SPLITS}
     split_users = {s: 0 for s in SPLITS}
     n_samples = 0
-    row_base = 0
-    for p in tqdm(range(P), desc="pass 2: timelines + samples", unit="part", disable=not progress):
-        path = events_dir / f"part-{p:05d}.arrow"
-        if not path.exists():
-            rows_per_partition.append(0)
-            continue
-        # memory-mapped, zero-copy; the map lives as long as arrays reference it
-        raw = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-        encoded = {name: vocabs[name].encode(raw.column(name)) for name in ("user", "item", "category")}
-        columns = {"user": encoded["user"], "item": encoded["item"].astype(np.int32),
-                   "category": encoded["category"].astype(np.int32),
-                   "behavior": raw.column("behavior").to_numpy(), "timestamp": raw.column("timestamp").to_numpy()}
-        if "label" in raw.column_names:
-            columns["label"] = raw.column("label").to_numpy()
-        del raw
-        timelines, flat, offsets = build_timelines(pa.table(columns))
-        pq.write_table(timelines, str(tmp / "timelines" / f"part-{p:05d}.parquet"), use_dictionary=False,
-                       compression="lz4", write_statistics=False)
-        user_ids = timelines.column("user").to_numpy()
-        samples = build_samples(offsets, flat["item"], user_ids, item_category, sampler, config.protocol,
-                                config.seed, p, labels=flat.get("label"), item_categories=flat["category"])
-        split_np = samples.column("split").to_numpy()
-        row_np = samples.column("row").to_numpy()     # partition-local row: one per user
-        for name, code in SPLITS.items():
-            sel = split_np == code
-            split_counts[name] += int(sel.sum())
-            split_users[name] += int(np.count_nonzero(np.bincount(row_np[sel], minlength=len(user_ids))))
-        samples = samples.set_column(0, "row", pc.add(samples.column("row"), row_base))
-        pq.write_table(samples, str(tmp / "samples" / f"part-{p:05d}.parquet"), use_dictionary=False,
-                       compression="lz4", write_statistics=False)
-        split_columns.append({name: samples.column(name).to_numpy() for name in SAMPLE_COLUMNS}, split_np)
-        n_samples += samples.num_rows
-        for name, values in flat.items():
-            flat_parts.setdefault(name, []).append(values)
-        offsets_parts.append(offsets[1:] + (offsets_parts[-1][-1] if offsets_parts else 0))
-        rows_per_partition.append(len(user_ids))
-        row_base += len(user_ids)
+    rows_per_partition = [0] * P
+    bar = tqdm(total=len(jobs), desc="pass 2: timelines + samples", unit="part", disable=not progress)
+    # results in partition order, merged one at a time: the merged outputs are appended to
+    # disk, so the main process holds at most one partition's arrays
+    for result in (pool.map(_build_partition, jobs) if pool else map(_build_partition, jobs)):
+        p = result["partition"]
+        if result["users"] != users_per_partition[p]:
+            raise RuntimeError(f"partition {p}: {result['users']} timeline rows, expected "
+                               f"{users_per_partition[p]} from the user vocabulary")
+        arrays = result.pop("arrays", None)
+        part_dir = tmp / "_parts" / f"part-{p:05d}"
+        if arrays is None:   # built by a worker: its arrays wait on disk
+            arrays = {name: np.load(part_dir / f"{name}.npy") for name in result["files"]}
+        flat_writer.append({name: arrays[f"flat_{name}"] for name in result["flat"]}, arrays["offsets"])
+        split_columns.append({name: arrays[f"sample_{name}"] for name in SAMPLE_COLUMNS}, arrays["split"])
+        del arrays
+        shutil.rmtree(part_dir, ignore_errors=True)
+        for name in SPLITS:
+            split_counts[name] += result["split_counts"][name]
+            split_users[name] += result["split_users"][name]
+        n_samples += result["samples"]
+        rows_per_partition[p] = result["users"]
+        bar.update(1)
+    bar.close()
     split_columns.close()
+    flat_writer.close()
+    row_base = int(users_per_partition.sum())
+    shutil.rmtree(tmp / "_parts")
     shutil.rmtree(events_dir)
-    _write_flat(tmp / "flat", flat_parts, offsets_parts)
     report.save(tmp / "rejections.json")
     if progress:
         print(report.summary())
@@ -267,12 +274,118 @@ def _item_categories(pairs: pa.Table, vocabs: dict) -> "tuple[np.ndarray, int]":
     return out, conflicts
 
 
-def _write_flat(flat_dir: Path, parts: dict, offsets_parts: list) -> None:
-    flat_dir.mkdir()
-    offsets = np.concatenate([[0]] + offsets_parts).astype(np.int64) if offsets_parts else np.zeros(1, np.int64)
-    np.save(flat_dir / "offsets.npy", offsets)
-    for name, arrays in parts.items():
-        np.save(flat_dir / f"{name}.npy", np.concatenate(arrays))
+class FlatWriter:
+    """``flat/*.npy``: the partitions' timeline values appended in partition order, and
+    their offsets shifted to global positions (``offsets.npy`` [users + 1])."""
+
+    def __init__(self, flat_dir: Path) -> None:
+        self.flat_dir, self.files, self.total = flat_dir, {}, 0
+        self.offsets = NpyAppender(flat_dir / "offsets.npy", np.int64)
+        self.offsets.append(np.zeros(1, np.int64))
+
+    def append(self, flat: dict, offsets: np.ndarray) -> None:
+        for name, values in flat.items():
+            if name not in self.files:
+                self.files[name] = NpyAppender(self.flat_dir / f"{name}.npy", values.dtype)
+            self.files[name].append(values)
+        self.offsets.append(offsets[1:].astype(np.int64) + self.total)
+        self.total += int(offsets[-1])
+
+    def close(self) -> None:
+        self.offsets.close()
+        for f in self.files.values():
+            f.close()
+
+
+# ---------------------------------------------------------------- pass 2, one partition
+_PARTITION_STATE: dict = {}   # per process: the build's vocabularies, item categories, sampler
+
+
+def _partition_state(tmp: Path, config: DataConfig) -> dict:
+    key = str(tmp)
+    if _PARTITION_STATE.get("key") != key:
+        vocabs = {name: Vocabulary.load(tmp / "vocab" / f"{name}.parquet") for name in ("user", "item", "category")}
+        _PARTITION_STATE.clear()
+        _PARTITION_STATE.update(key=key, vocabs=vocabs, item_category=np.load(tmp / "item_category.npy"),
+                                sampler=NegativeSampler(vocabs["item"].id_counts(), config.protocol.negatives))
+    return _PARTITION_STATE
+
+
+def _build_partition(job) -> dict:
+    """Timelines + samples of one scratch partition: writes ``timelines/``, ``samples/`` and
+    the partition's flat values and split columns under ``_parts/`` (merged by the caller)."""
+    tmp, p, row_base, config, inline = job
+    tmp = Path(tmp)
+    state = _partition_state(tmp, config)
+    vocabs = state["vocabs"]
+    path = tmp / "_events" / f"part-{p:05d}.arrow"
+    # memory-mapped, zero-copy; the map lives as long as arrays reference it
+    raw = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    encoded = {name: vocabs[name].encode(raw.column(name)) for name in ("user", "item", "category")}
+    columns = {"user": encoded["user"], "item": encoded["item"].astype(np.int32),
+               "category": encoded["category"].astype(np.int32),
+               "behavior": raw.column("behavior").to_numpy(), "timestamp": raw.column("timestamp").to_numpy()}
+    if "label" in raw.column_names:
+        columns["label"] = raw.column("label").to_numpy()
+    del raw, encoded
+    timelines, flat, offsets = build_timelines(pa.table(columns))
+    del columns
+    pq.write_table(timelines, str(tmp / "timelines" / f"part-{p:05d}.parquet"), use_dictionary=False,
+                   compression="lz4", write_statistics=False)
+    user_ids = timelines.column("user").to_numpy()
+    del timelines
+    samples = build_samples(offsets, flat["item"], user_ids, state["item_category"], state["sampler"],
+                            config.protocol, config.seed, p, labels=flat.get("label"),
+                            item_categories=flat["category"])
+    split_np = samples.column("split").to_numpy()
+    row_np = samples.column("row").to_numpy()     # partition-local row: one per user
+    split_counts, split_users = {}, {}
+    for name, code in SPLITS.items():
+        sel = split_np == code
+        split_counts[name] = int(sel.sum())
+        split_users[name] = int(np.count_nonzero(np.bincount(row_np[sel], minlength=len(user_ids))))
+    samples = samples.set_column(0, "row", pc.add(samples.column("row"), row_base))
+    pq.write_table(samples, str(tmp / "samples" / f"part-{p:05d}.parquet"), use_dictionary=False,
+                   compression="lz4", write_statistics=False)
+    arrays = {f"flat_{name}": values for name, values in flat.items()}
+    arrays.update({"offsets": offsets, "split": split_np},
+                  **{f"sample_{name}": samples.column(name).to_numpy() for name in SAMPLE_COLUMNS})
+    result = {"partition": p, "users": len(user_ids), "samples": samples.num_rows, "flat": list(flat),
+              "split_counts": split_counts, "split_users": split_users, "files": list(arrays)}
+    if inline:
+        result["arrays"] = arrays
+        return result
+    part_dir = tmp / "_parts" / f"part-{p:05d}"
+    part_dir.mkdir()
+    for name, values in arrays.items():
+        np.save(part_dir / f"{name}.npy", values)
+    return result
+
+
+def _pass2_workers(config: DataConfig, workers: Optional[int], jobs: int) -> int:
+    workers = 1 if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return max(1, min(workers, jobs))
+
+
+@contextlib.contextmanager
+def _executor(workers: int):
+    if workers <= 1:
+        yield None
+        return
+    # forkserver: children do not inherit this process's Arrow thread pools (fork is unsafe
+    # with them) and start from an already-imported server rather than a fresh interpreter
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["data_pipelines.build"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for _ in range(workers):
+            pool.submit(_warm_up)
+        yield pool
+
+
+def _warm_up() -> None:
+    pa.array([0])   # pyarrow's first pa.array() imports pandas (about 0.5 s): pay it during pass 1
 
 
 def load_manifest(path: Union[str, Path]) -> dict:

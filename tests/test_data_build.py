@@ -1,6 +1,7 @@
 """Build steps: vocabularies, timelines, samples on disk, atomic/no-op rebuilds, real datasets."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -195,3 +196,22 @@ def test_block_shuffle_sees_every_sample_once_under_sharding(tmp_path, block):
     blocks, starts = loader._block_layout()   # epoch 1: each block's samples stay together
     for k, b in enumerate(blocks):
         assert np.all(second[starts[k]:starts[k + 1]] // block == b)
+
+
+def test_two_worker_build_is_identical_to_the_in_process_build(tmp_path):
+    config = synthetic(tmp_path)
+    one = Path(build_dataset(config, progress=False, workers=1))
+    config.output = str(tmp_path / "two")
+    two = Path(build_dataset(config, progress=False, workers=2))
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert any(str(f).startswith("split_columns") for f in files) and not (one / "_parts").exists()
+    for f in files:
+        if f.suffix == ".parquet":
+            assert pq.read_table(one / f).equals(pq.read_table(two / f)), f
+        elif f.name == "manifest.json":
+            a, b = json.loads((one / f).read_text()), json.loads((two / f).read_text())
+            a.pop("build_seconds"), b.pop("build_seconds")
+            assert a == b
+        else:
+            assert (one / f).read_bytes() == (two / f).read_bytes(), f
