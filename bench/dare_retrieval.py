@@ -9,8 +9,8 @@ For each trained run this script runs the model's search on the test positives a
     recall@k     relevant picks / min(k, #relevant in the history),
     NDCG@k       binary relevance, picks in descending score order (ideal: all relevant first),
 
-and the median forward time of the search + pooling alone on one batch of 2048 test samples
-(``search_ms``; run it on an otherwise idle machine when that number matters).
+Search time is measured apart, under the benchmark lock, by bench/dare_search_timing.py.
+Runs at 1 torch thread (a shared 2-core machine).
 
 Usage: python bench/dare_retrieval.py RUN_DIR [RUN_DIR ...] [--split test] [--json OUT]
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +51,6 @@ def search_quality(run_dir: str, split: str) -> dict:
     precision, recall, ndcg = [], [], []
     loader = SampleLoader(dataset, split, 2048, max_length=config.data.max_length)
     with torch.no_grad():
-        first = next(iter(loader))
-        times = []
-        for _ in range(7):
-            start = time.perf_counter()
-            model.search_and_pool(first)
-            times.append(time.perf_counter() - start)
         for batch in loader:
             index = model.search_and_pool(batch)["index"].numpy()
             hist_cat = batch.hist_category.numpy()
@@ -78,8 +71,7 @@ def search_quality(run_dir: str, split: str) -> dict:
                 ndcg.append((hits * discount[:len(hits)]).sum() / discount[:ideal].sum())
     return {"run": str(run_dir), "variant": getattr(model, "variant", "?"), "split": split, "k": k,
             "positives": len(precision), "precision_at_k": float(np.mean(precision)),
-            "recall_at_k": float(np.mean(recall)), "ndcg_at_k": float(np.mean(ndcg)),
-            "search_ms": 1000 * sorted(times)[len(times) // 2], "torch_threads": torch.get_num_threads()}
+            "recall_at_k": float(np.mean(recall)), "ndcg_at_k": float(np.mean(ndcg))}
 
 
 def main() -> None:
@@ -88,6 +80,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--json")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     rows = [search_quality(run, args.split) for run in args.runs]
     for row in rows:
         print(json.dumps(row))

@@ -23,9 +23,12 @@ What it computes (paper §4, official code):
 Defaults follow scripts/taobao.sh: item/category/position widths 16 (D_R = 48), top-k 20,
 aux loss on, L2 1e-6, every non-bias parameter drawn from N(0, 0.01) (BN scales and PReLU
 slopes included, as the official init loop does). Stage 1 and 2 run through the
-``kernels.topk_target_attention`` op (padded or jagged), the aux branch through
-``kernels.attention_pooling``; both take one scale, so the query's semantic and position
-parts are pre-scaled by their own 1/sqrt(width) and the op's scale is 1.
+``kernels.topk_target_attention`` op (padded or jagged). The aux branch attends over the
+whole history with the same scores s, so on the padded layout with soft search it reuses the
+op's returned [B, L] scores (one score pass over [B, L, D_A] forward and backward instead of
+two); for jagged input or hard search (whose scores cover only the category sub-history) it
+runs ``kernels.attention_pooling``. Both ops take one scale, so the query's semantic and
+position parts are pre-scaled by their own 1/sqrt(width) and the op's scale is 1.
 
 Baselines of the paper, one ``variant`` argument each:
     "dare"        decoupled attention / representation tables (the method);
