@@ -264,3 +264,21 @@ def test_triton_backend_matches_torch_in_din(activation, use_softmax, training, 
     assert torch.allclose(grads["torch"][0], grads["triton"][0], atol=1e-4)
     for a, b in zip(grads["torch"][1], grads["triton"][1]):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_din_dense_init_follows_official_code_and_fuxictr():
+    """Linear weights Xavier-normal with zero biases, PReLU slopes 0.1; "torch" keeps PyTorch's init."""
+    torch.manual_seed(0)
+    model = DIN(FEATURES, item_dim=32, category_dim=32, attention_units=[36], mlp_units=[200, 80])
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 5   # activation unit 4D→36→1, main MLP 128→200→80→1
+    first = model.attention.linears[0]
+    fan_in, fan_out = first.weight.shape[1], first.weight.shape[0]
+    assert first.weight.std().item() == pytest.approx(math.sqrt(2.0 / (fan_in + fan_out)), rel=0.05)
+    assert all(torch.count_nonzero(m.bias) == 0 for m in linears)
+    prelus = [m for m in model.modules() if isinstance(m, torch.nn.PReLU)]
+    assert prelus and all(torch.all(m.weight == 0.1) for m in prelus)
+    default = DIN(FEATURES, linear_init="torch", prelu_init=0.25)
+    assert any(torch.count_nonzero(m.bias) > 0 for m in default.modules() if isinstance(m, torch.nn.Linear))
+    with pytest.raises(ValueError, match="linear_init"):
+        DIN(FEATURES, linear_init="orthogonal")
