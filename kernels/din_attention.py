@@ -3,7 +3,9 @@
     pooled[b] = Σ_j w_bj · values[b, j],   w = score (DIN paper) or softmax(score) (official code),
     score_bj  = MLP([q_b, k_bj, q_b − k_bj, q_b ⊙ k_bj])
 
-``backend="torch"`` is the PyTorch reference (exact, the CPU path); ``"triton"`` the fused
+``backend="torch"`` is the chunked PyTorch path (the CPU path: ``din_attention_chunked``, no
+[B, L, H] tensor kept for backward); ``"reference"`` the plain unchunked reference
+(``din_attention_padded``, for tests and benchmarks); ``"triton"`` the fused
 Triton kernel (CUDA, or the interpreter with ``TRITON_INTERPRET=1``); ``"auto"`` picks
 triton for CUDA tensors when triton imports, else torch. ``last_backend()`` says which ran.
 """
@@ -15,13 +17,14 @@ from typing import Optional, Sequence
 from torch import Tensor
 
 from .reference.din_attention import HiddenLayer, din_attention_padded
+from .reference.din_attention_chunked import din_attention_chunked
 from .validation import KernelInputError, check_attention_inputs, choose_backend, jagged_to_padded
 
 _LAST = {"backend": None}
 
 
 def last_backend() -> Optional[str]:
-    """The backend the most recent call in this process ran ("torch" or "triton")."""
+    """The backend the most recent call in this process ran ("torch", "reference" or "triton")."""
     return _LAST["backend"]
 
 
@@ -46,7 +49,7 @@ def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
         raise KernelInputError("the attention MLP needs at least one hidden layer")
     if hidden[0].weight.shape[0] != 4 * query.shape[-1]:
         raise KernelInputError(f"first hidden weight must be [4D={4 * query.shape[-1]}, H], got {tuple(hidden[0].weight.shape)}")
-    chosen = choose_backend(backend, query, keys)
+    chosen = choose_backend(backend, query, keys, allowed=("torch", "reference", "triton"))
     if backend == "auto" and len(hidden) > 2:
         chosen = "torch"   # the fused kernel covers one or two hidden layers (DIN's configs)
     _LAST["backend"] = chosen
@@ -57,4 +60,6 @@ def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
     if jagged:
         keys = jagged_to_padded(keys, offsets, row_lengths)
         values = None if values is None else jagged_to_padded(values, offsets, row_lengths)
-    return din_attention_padded(query, keys, row_lengths, hidden, out_weight, out_bias, values, use_softmax)
+    if chosen == "reference":
+        return din_attention_padded(query, keys, row_lengths, hidden, out_weight, out_bias, values, use_softmax)
+    return din_attention_chunked(query, keys, row_lengths, hidden, out_weight, out_bias, values, use_softmax)

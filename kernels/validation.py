@@ -96,10 +96,11 @@ def check_attention_inputs(query: Tensor, keys: Tensor, values: Optional[Tensor]
     return jagged, row_lengths, offsets
 
 
-def choose_backend(backend: str, *tensors: Tensor) -> str:
-    """"auto" → "triton" for CUDA tensors when triton imports, else "torch"."""
-    if backend not in ("auto", "torch", "triton"):
-        raise KernelInputError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+def choose_backend(backend: str, *tensors: Tensor, allowed: tuple = ("torch", "triton")) -> str:
+    """"auto" → "triton" for CUDA tensors when triton imports, else "torch"; ``allowed`` lists
+    the explicit backends the op accepts."""
+    if backend not in ("auto",) + allowed:
+        raise KernelInputError(f"backend must be one of {('auto',) + allowed}, got {backend!r}")
     if backend != "auto":
         return backend
     if all(t.is_cuda for t in tensors) and triton_available():
