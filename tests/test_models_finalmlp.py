@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
 import pytest
 import torch
 
@@ -165,3 +168,14 @@ def test_finalmlp_attention_field_is_the_din_activation_unit_over_the_history():
     expected = torch.cat([model.user(batch.user), target, pooled], dim=-1)
     assert torch.allclose(model.field_embeddings(batch), expected, atol=1e-6)
     assert torch.allclose(model.field_embeddings(batch.to_jagged()), expected, atol=1e-5)
+
+
+def test_bilinear_fusion_init_is_xavier_of_the_flat_official_matrix():
+    """FuxiCTR's w_xy is [k·(d1/k)·(d2/k), 1], Xavier-normal: std √(2/(n+1)), not the 3-D tensor's fans."""
+    torch.manual_seed(0)
+    model = FinalMLP(FEATURES, mlp1_units=[400], mlp2_units=[800], num_heads=10)
+    weight = model.fusion.weight
+    assert tuple(weight.shape) == (10, 40, 80)
+    expected = math.sqrt(2.0 / (weight.numel() + 1))
+    assert weight.std().item() == pytest.approx(expected, rel=0.03)
+    assert abs(weight.mean().item()) < 3 * expected / math.sqrt(weight.numel())
