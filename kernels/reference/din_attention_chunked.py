@@ -31,9 +31,12 @@ from .din_attention import HiddenLayer
 _PARAM_SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha")
 
 
-def default_chunk(batch: int, widest_hidden: int) -> int:
-    """Behaviours per chunk: keep one [B, chunk, H] block near 1M elements (~4 MB fp32)."""
-    return max(8, (1 << 20) // max(1, batch * widest_hidden))
+def default_chunk(batch: int, widest_hidden: int, cuda: bool = False) -> int:
+    """Behaviours per chunk: one [B, chunk, H] block near 1M elements (~4 MB fp32, cache-sized)
+    on CPU; near 64M elements on CUDA, where each chunk costs kernel launches and memory, not
+    cache, is the limit (the Triton backward recomputes through this function)."""
+    budget = 1 << 26 if cuda else 1 << 20
+    return max(8, budget // max(1, batch * widest_hidden))
 
 
 def _activate(x: Tensor, kind: str, slope: Optional[Tensor], alpha: Optional[Tensor],
@@ -201,7 +204,7 @@ def din_attention_chunked(query: Tensor, keys: Tensor, lengths: Tensor, hidden: 
     """
     values = keys if values is None else values
     if chunk is None:
-        chunk = default_chunk(query.shape[0], max(layer.weight.shape[1] for layer in hidden))
+        chunk = default_chunk(query.shape[0], max(layer.weight.shape[1] for layer in hidden), query.is_cuda)
     flat = [getattr(layer, slot) for layer in hidden for slot in _PARAM_SLOTS]
     return _ChunkedDin.apply(tuple(hidden), use_softmax, int(chunk), query, keys, values, lengths,
                              out_weight, out_bias, *flat)

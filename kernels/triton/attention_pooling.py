@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import block_configs, pow2, row_layout
+from .common import block_configs, load_tile, pow2, row_extent, row_layout, store_tile, tile_rows
 
 
 @triton.autotune(configs=block_configs(), key=["D", "DV"])
@@ -23,8 +23,7 @@ from .common import block_configs, pow2, row_layout
 def _pool_fwd(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, out_ptr, lse_ptr, scale, D, DV,
               SOFTMAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     b = tl.program_id(0)
-    start = tl.load(start_ptr + b)
-    n = tl.load(len_ptr + b)
+    start, n = row_extent(start_ptr, len_ptr, b)
     d = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
@@ -32,23 +31,21 @@ def _pool_fwd(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, out_ptr, lse_ptr, scale, 
     total = tl.zeros([], tl.float32)
     acc = tl.zeros([BLOCK_DV], tl.float32)
     for t in range(0, n, BLOCK_L):
-        j = t + tl.arange(0, BLOCK_L)
-        valid = j < n
-        rows = start + j.to(tl.int64)
-        k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None] & (d < D)[None, :], other=0.0)
-        v = tl.load(v_ptr + rows[:, None] * DV + dv[None, :], mask=valid[:, None] & (dv < DV)[None, :], other=0.0)
-        s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale
+        j, valid, rows = tile_rows(start, n, t, BLOCK_L)
+        k = load_tile(k_ptr, rows, valid, D, BLOCK_D)
+        v = load_tile(v_ptr, rows, valid, DV, BLOCK_DV)
+        s = tl.sum(k * q[None, :], axis=1) * scale
         if SOFTMAX:
             s = tl.where(valid, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=0))
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new)
             total = total * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
             m = m_new
         else:
             w = tl.where(valid, tl.maximum(s, 0.0), 0.0)
-            acc += tl.sum(w[:, None] * v.to(tl.float32), axis=0)
+            acc += tl.sum(w[:, None] * v, axis=0)
     if SOFTMAX:
         nonempty = total > 0
         acc = tl.where(nonempty, acc / tl.where(nonempty, total, 1.0), 0.0)
@@ -62,8 +59,7 @@ def _pool_bwd(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, out_ptr, lse_ptr, dout_pt
               scale, D, DV, SOFTMAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_DV: tl.constexpr):
     b = tl.program_id(0)
-    start = tl.load(start_ptr + b)
-    n = tl.load(len_ptr + b)
+    start, n = row_extent(start_ptr, len_ptr, b)
     d = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
@@ -74,13 +70,9 @@ def _pool_bwd(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, out_ptr, lse_ptr, dout_pt
         lse = tl.load(lse_ptr + b)
     dq = tl.zeros([BLOCK_D], tl.float32)
     for t in range(0, n, BLOCK_L):
-        j = t + tl.arange(0, BLOCK_L)
-        valid = j < n
-        rows = start + j.to(tl.int64)
-        kmask = valid[:, None] & (d < D)[None, :]
-        vmask = valid[:, None] & (dv < DV)[None, :]
-        k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=kmask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + rows[:, None] * DV + dv[None, :], mask=vmask, other=0.0).to(tl.float32)
+        j, valid, rows = tile_rows(start, n, t, BLOCK_L)
+        k = load_tile(k_ptr, rows, valid, D, BLOCK_D)
+        v = load_tile(v_ptr, rows, valid, DV, BLOCK_DV)
         s = tl.sum(k * q[None, :], axis=1) * scale
         dp = tl.sum(v * g[None, :], axis=1)        # dL/dw_j
         if SOFTMAX:
@@ -90,8 +82,8 @@ def _pool_bwd(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, out_ptr, lse_ptr, dout_pt
             w = tl.where(valid, tl.maximum(s, 0.0), 0.0)
             ds = tl.where(valid & (s > 0), dp, 0.0)
         dq += tl.sum(ds[:, None] * k, axis=0) * scale
-        tl.store(dk_ptr + rows[:, None] * D + d[None, :], ds[:, None] * q[None, :] * scale, mask=kmask)
-        tl.store(dv_ptr + rows[:, None] * DV + dv[None, :], w[:, None] * g[None, :], mask=vmask)
+        store_tile(dk_ptr, rows, valid, ds[:, None] * q[None, :] * scale, D, BLOCK_D)
+        store_tile(dv_ptr, rows, valid, w[:, None] * g[None, :], DV, BLOCK_DV)
     tl.store(dq_ptr + b * D + d, dq, mask=d < D)
 
 

@@ -1,5 +1,6 @@
-"""Helpers shared by the Triton kernels: one row layout for padded and jagged input, and
-autotune configurations that collapse to a single one under the interpreter."""
+"""Helpers shared by the Triton kernels: one row layout for padded and jagged input (host
+side: ``row_layout``; in-kernel: ``row_extent``, ``tile_rows``, ``load_tile``, ``store_tile``),
+and autotune configurations that collapse to a single one under the interpreter."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import triton
+import triton.language as tl
 from torch import Tensor
 
 
@@ -45,3 +47,46 @@ def row_layout(x: Tensor, lengths: Tensor, offsets: Optional[Tensor]) -> Tuple[T
         flat = x
         width = int(lengths.max()) if lengths.numel() else 0
     return flat.contiguous(), starts.contiguous(), lengths.to(torch.int32).contiguous(), width
+
+
+# ---- row layout inside a kernel: one program per history row (padded and jagged alike) ----
+
+@triton.jit
+def row_extent(start_ptr, len_ptr, b):
+    """(first flat row, number of behaviours) of history row b."""
+    return tl.load(start_ptr + b), tl.load(len_ptr + b)
+
+
+@triton.jit
+def tile_rows(start, n, t, BLOCK_L: tl.constexpr):
+    """Positions j [BLOCK_L] of the tile starting at t, their validity (j < n) and flat
+    row indices (int64, so B·L beyond 2^31 elements cannot overflow)."""
+    j = t + tl.arange(0, BLOCK_L)
+    return j, j < n, start + j.to(tl.int64)
+
+
+@triton.jit
+def tile_mask(valid, C, BLOCK_C: tl.constexpr):
+    """[BLOCK_L, BLOCK_C] mask of valid rows × the C real columns."""
+    c = tl.arange(0, BLOCK_C)
+    return valid[:, None] & (c < C)[None, :]
+
+
+@triton.jit
+def tile_ptrs(ptr, rows, C, BLOCK_C: tl.constexpr):
+    """[BLOCK_L, BLOCK_C] addresses of the tile's rows in a flat [R, C] tensor."""
+    c = tl.arange(0, BLOCK_C)
+    return ptr + rows[:, None] * C + c[None, :]
+
+
+@triton.jit
+def load_tile(ptr, rows, valid, C, BLOCK_C: tl.constexpr):
+    """The tile's rows of a flat [R, C] tensor as fp32 [BLOCK_L, BLOCK_C]; invalid rows and
+    padded columns read as 0 (padding positions are never touched)."""
+    return tl.load(tile_ptrs(ptr, rows, C, BLOCK_C), mask=tile_mask(valid, C, BLOCK_C), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tile(ptr, rows, valid, x, C, BLOCK_C: tl.constexpr):
+    """Write fp32 x [BLOCK_L, BLOCK_C] to the tile's rows of a flat [R, C] tensor."""
+    tl.store(tile_ptrs(ptr, rows, C, BLOCK_C), x.to(ptr.dtype.element_ty), mask=tile_mask(valid, C, BLOCK_C))

@@ -16,8 +16,10 @@ running statistics are updated exactly as the reference does. In inference Dice 
 running statistics.
 
 Backward: recomputation. The autograd function saves only the inputs and, in backward,
-recomputes the op with the PyTorch reference and differentiates it (exact gradients,
-including through Dice's batch statistics). A fused Triton backward is not written yet.
+recomputes the op with the chunked PyTorch path (``din_attention_chunked``: exact
+gradients, including through Dice's batch statistics, and only one [B, chunk, H] block of
+hidden activations alive at a time) and differentiates it. A fused Triton backward is not
+written yet.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..reference.din_attention import HiddenLayer, din_attention_padded
+from ..reference.din_attention import HiddenLayer
+from ..reference.din_attention_chunked import din_attention_chunked
 from ..validation import KernelInputError, jagged_to_padded
-from .common import block_configs, pow2, row_layout
+from .common import block_configs, load_tile, pow2, row_extent, row_layout, tile_rows
 
 ACTIVATION_CODES = {"sigmoid": 0, "relu": 1, "prelu": 2, "dice": 3}
 
@@ -90,8 +93,7 @@ def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w
               BLOCK_H1: tl.constexpr, BLOCK_H2: tl.constexpr):
     """STAGE 0: pooled output; STAGE 1 / 2: per-row Σx and Σx² of layer STAGE's pre-activation."""
     b = tl.program_id(0)
-    start = tl.load(start_ptr + b)
-    n = tl.load(len_ptr + b)
+    start, n = row_extent(start_ptr, len_ptr, b)
     d = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
@@ -119,16 +121,12 @@ def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w
         s1 = tl.zeros([BLOCK_H1], tl.float32)
     s2 = tl.zeros_like(s1)
     for t in range(0, n, BLOCK_L):
-        j = t + tl.arange(0, BLOCK_L)
-        valid = j < n
-        rows = start + j.to(tl.int64)
-        k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None] & (d < D)[None, :],
-                    other=0.0).to(tl.float32)
+        j, valid, rows = tile_rows(start, n, t, BLOCK_L)
+        k = load_tile(k_ptr, rows, valid, D, BLOCK_D)
         h = _hidden_tile(k, q, wk, wd, pt, w2, b2, a1, m1, r1, a2, m2, r2, ACT1, ACT2, TWO, STAGE)
         if STAGE == 0:
             s = tl.sum(h * wo[None, :], axis=1) + bo
-            v = tl.load(v_ptr + rows[:, None] * DV + dv[None, :], mask=valid[:, None] & (dv < DV)[None, :],
-                        other=0.0).to(tl.float32)
+            v = load_tile(v_ptr, rows, valid, DV, BLOCK_DV)
             if SOFTMAX:
                 s = tl.where(valid, s, float("-inf"))
                 m_new = tl.maximum(m, tl.max(s, axis=0))
@@ -258,7 +256,7 @@ class _DinAttention(torch.autograd.Function):
             if ctx.offsets is not None:
                 kp = jagged_to_padded(k, ctx.offsets, lengths)
                 vp = jagged_to_padded(v, ctx.offsets, lengths)
-            out = din_attention_padded(q, kp, lengths, hidden, out_weight, out_bias, vp, spec["softmax"])
+            out = din_attention_chunked(q, kp, lengths, hidden, out_weight, out_bias, vp, spec["softmax"])
             wanted = [(i, x) for i, x in enumerate(inputs) if x is not None and x.requires_grad]
             grads = torch.autograd.grad(out, [x for _, x in wanted], dout, allow_unused=True)
         result: List[Optional[Tensor]] = [None] * len(inputs)

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..reference.topk_attention import PAD_SCORE
-from .common import block_configs, pow2, row_layout
+from .common import block_configs, load_tile, pow2, row_extent, row_layout, store_tile, tile_rows
 
 
 @triton.autotune(configs=block_configs(), key=["D"])
@@ -26,15 +26,12 @@ def _scores_fwd(q_ptr, k_ptr, start_ptr, len_ptr, s_ptr, scale, pad, D, L,
                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0)
     tile = tl.program_id(1)
-    start = tl.load(start_ptr + b)
-    n = tl.load(len_ptr + b)
+    start, n = row_extent(start_ptr, len_ptr, b)
     d = tl.arange(0, BLOCK_D)
-    j = tile * BLOCK_L + tl.arange(0, BLOCK_L)
-    valid = j < n
+    j, valid, rows = tile_rows(start, n, tile * BLOCK_L, BLOCK_L)
     q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
-    rows = start + j.to(tl.int64)
-    k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=valid[:, None] & (d < D)[None, :], other=0.0)
-    s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale
+    k = load_tile(k_ptr, rows, valid, D, BLOCK_D)
+    s = tl.sum(k * q[None, :], axis=1) * scale
     s = tl.where(valid, s, pad)
     tl.store(s_ptr + b * L + j, s.to(s_ptr.dtype.element_ty), mask=j < L)
 
@@ -44,20 +41,16 @@ def _scores_fwd(q_ptr, k_ptr, start_ptr, len_ptr, s_ptr, scale, pad, D, L,
 def _scores_bwd(q_ptr, k_ptr, start_ptr, len_ptr, ds_ptr, dq_ptr, dk_ptr, scale, D, L,
                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0)
-    start = tl.load(start_ptr + b)
-    n = tl.load(len_ptr + b)
+    start, n = row_extent(start_ptr, len_ptr, b)
     d = tl.arange(0, BLOCK_D)
     q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
     dq = tl.zeros([BLOCK_D], tl.float32)
     for t in range(0, n, BLOCK_L):
-        j = t + tl.arange(0, BLOCK_L)
-        valid = j < n
-        rows = start + j.to(tl.int64)
-        kmask = valid[:, None] & (d < D)[None, :]
-        k = tl.load(k_ptr + rows[:, None] * D + d[None, :], mask=kmask, other=0.0).to(tl.float32)
+        j, valid, rows = tile_rows(start, n, t, BLOCK_L)
+        k = load_tile(k_ptr, rows, valid, D, BLOCK_D)
         ds = tl.load(ds_ptr + b * L + j, mask=valid, other=0.0).to(tl.float32) * scale
         dq += tl.sum(ds[:, None] * k, axis=0)
-        tl.store(dk_ptr + rows[:, None] * D + d[None, :], ds[:, None] * q[None, :], mask=kmask)
+        store_tile(dk_ptr, rows, valid, ds[:, None] * q[None, :], D, BLOCK_D)
     tl.store(dq_ptr + b * D + d, dq, mask=d < D)
 
 
