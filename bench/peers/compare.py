@@ -157,7 +157,7 @@ def mean_std(values: List[float]) -> dict:
 
 
 def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Optional[int], threads: int,
-            peer_python: Path, work: Path, resume: bool = False) -> dict:
+            peer_python: Path, work: Path, resume: bool = False, shuffle_block: Optional[int] = None) -> dict:
     from recsys.runner import resolve_dataset
 
     config = load_config(config_path)
@@ -177,6 +177,8 @@ def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Opti
         ours_dir = work / "ours" / tag
         ours_cmd = [sys.executable, str(HERE / "run_ours.py"), str(config_path), "--seed", str(seed),
                     "--epochs", str(epochs), "--threads", str(threads), "--output-dir", str(ours_dir)]
+        if shuffle_block is not None:
+            ours_cmd += ["--shuffle-block", str(shuffle_block)]
         if not (resume and (ours_dir / "timing.json").exists()):
             run_logged(ours_cmd, work / "logs" / f"ours_{tag}.log")
         ours_metrics = json.loads((ours_dir / "metrics.json").read_text())
@@ -225,6 +227,7 @@ def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Opti
         "dataset": dataset_name, "model": model_name, "fuxictr_model": peer_model, "config": str(config_path),
         "protocol": dataset.protocol, "rows": exported["rows"], "max_length": exported["max_length"],
         "seeds": seeds, "epochs": epochs, "torch_threads": threads, "batch_size": config.data.batch_size,
+        "ours_shuffle_block": shuffle_block or "loader default (65,536-sample blocks)",
         "fuxictr_params": base_params, "runs": runs, "summary": summary,
         "speedup": round(speedup, 3),
         "goals": {"auc_at_least_theirs_within_one_std": bool(ours_auc["mean"] >= peer_auc["mean"] - max(
@@ -332,6 +335,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "peers"), help="exports, run dirs, logs")
     parser.add_argument("--resume", action="store_true",
                         help="reuse a seed's finished run (timing.json / FuxiCTR JSON in --work) instead of rerunning it")
+    parser.add_argument("--shuffle-block", type=int, default=None,
+                        help="our loader's shuffle block; >= the training rows = a full permutation as FuxiCTR's")
     parser.add_argument("--docs-only", action="store_true", help="only rewrite the docs sections from bench/results")
     args = parser.parse_args(argv)
     if not args.docs_only:
@@ -342,7 +347,7 @@ def main(argv=None) -> int:
             parser.error(f"{peer_python} missing: run bench/peers/setup_fuxictr.sh {args.peer_venv}")
         os.chdir(ROOT)   # configs name data paths relative to the repository root
         result = compare(Path(args.config), Path(args.fuxictr_src), args.seeds, args.epochs, args.threads,
-                         peer_python, Path(args.work), args.resume)
+                         peer_python, Path(args.work), args.resume, args.shuffle_block)
         print(json.dumps({"summary": result["summary"], "speedup": result["speedup"], "goals": result["goals"]},
                          indent=2))
     update_docs()

@@ -59,8 +59,16 @@ class EpochTimer(L.pytorch.callbacks.Callback):
         return (self.train_ended - self.train_started) - self.validation
 
 
-def fit_timed(config_path: str, overrides: dict) -> Path:
+def fit_timed(config_path: str, overrides: dict, shuffle_block: "int | None" = None) -> Path:
     timer = EpochTimer()
+    if shuffle_block is not None:
+        # the loader's two-level block shuffle (default blocks of 65,536 samples) on a
+        # user-sorted sample table gives each block of batches a narrow user range; FuxiCTR
+        # permutes the whole split, so the comparison can ask for blocks that cover it
+        import functools
+        from recsys import datamodule
+        from data_pipelines.loader import SampleLoader
+        datamodule.SampleLoader = functools.partial(SampleLoader, shuffle_block=shuffle_block)
     base = L.Trainer
 
     class TimedTrainer(base):
@@ -89,12 +97,14 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (trainer.num_threads)")
     parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--shuffle-block", type=int, default=None,
+                        help="loader shuffle block (default: the loader's); >= the split size = a full permutation")
     args = parser.parse_args(argv)
     overrides = {"seed": args.seed, "output_dir": args.output_dir, "trainer.num_threads": args.threads,
                  "data.num_workers": 0}
     if args.epochs is not None:
         overrides["trainer.max_epochs"] = args.epochs
-    out = fit_timed(args.config, overrides)
+    out = fit_timed(args.config, overrides, args.shuffle_block)
     print((out / "timing.json").read_text())
     return 0
 
