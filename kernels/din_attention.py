@@ -3,9 +3,12 @@
     pooled[b] = Σ_j w_bj · values[b, j],   w = score (DIN paper) or softmax(score) (official code),
     score_bj  = MLP([q_b, k_bj, q_b − k_bj, q_b ⊙ k_bj])
 
-``backend="torch"`` is the chunked PyTorch path (the CPU path: ``din_attention_chunked``, no
-[B, L, H] tensor kept for backward); ``"reference"`` the plain unchunked reference
-(``din_attention_padded``, for tests and benchmarks); ``"triton"`` the fused
+``backend="torch"`` is the CPU path: the chunked PyTorch function (``din_attention_chunked``,
+no [B, L, H] tensor kept for backward) when one [B, L, H] activation would exceed
+``CHUNKED_MIN_ELEMENTS``, else the unchunked reference (small problems: the chunked path's
+forward recomputation costs more than the memory traffic it saves, e.g. DIN's B = 1024,
+L = 50, H = 36); ``"reference"`` always the plain reference (``din_attention_padded``, for
+tests and benchmarks); ``"triton"`` the fused
 Triton kernel (CUDA, or the interpreter with ``TRITON_INTERPRET=1``); ``"auto"`` picks
 triton for CUDA tensors when triton imports, else torch. ``last_backend()`` says which ran.
 """
@@ -21,6 +24,8 @@ from .reference.din_attention_chunked import din_attention_chunked
 from .validation import KernelInputError, check_attention_inputs, choose_backend, jagged_to_padded
 
 _LAST = {"backend": None}
+
+CHUNKED_MIN_ELEMENTS = 1 << 22   # B·L·H above which backend="torch" runs the chunked function
 
 
 def last_backend() -> Optional[str]:
@@ -60,6 +65,7 @@ def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
     if jagged:
         keys = jagged_to_padded(keys, offsets, row_lengths)
         values = None if values is None else jagged_to_padded(values, offsets, row_lengths)
-    if chosen == "reference":
+    widest = max(layer.weight.shape[1] for layer in hidden)
+    if chosen == "reference" or keys.shape[0] * keys.shape[1] * widest <= CHUNKED_MIN_ELEMENTS:
         return din_attention_padded(query, keys, row_lengths, hidden, out_weight, out_bias, values, use_softmax)
     return din_attention_chunked(query, keys, row_lengths, hidden, out_weight, out_bias, values, use_softmax)

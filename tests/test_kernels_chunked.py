@@ -108,7 +108,9 @@ def test_chunked_property(lengths, dim, dim_v, widths, acts, training, softmax, 
     _compare(lengths, dim, dim_v, widths, acts[:len(widths)], training, softmax, F64, chunk, seed)
 
 
-def test_dispatcher_torch_is_chunked_and_reference_is_selectable():
+@pytest.mark.parametrize("threshold", [0, 1 << 30])   # chunked / reference below the size threshold
+def test_dispatcher_torch_is_chunked_and_reference_is_selectable(monkeypatch, threshold):
+    monkeypatch.setattr("kernels.din_attention.CHUNKED_MIN_ELEMENTS", threshold)
     keys, lens, keys_j, offsets = history([3, 0, 6], 4)
     query = torch.randn(3, 4)
     layers = attention_mlp(4, [6, 3], ["dice", "sigmoid"], False)

@@ -82,9 +82,26 @@ class _Net:
         return x @ self.params[-2] + self.params[-1]
 
 
-def _chunks(length: int, chunk: int):
+def _chunks(lengths: Tensor, length: int, chunk: int):
+    """(start, end, rows) per chunk of positions; rows = the rows with at least one valid
+    behaviour in the chunk (None: all rows). Chunks past every row's end are skipped, so
+    padding costs (almost) nothing."""
     for start in range(0, length, chunk):
-        yield start, min(length, start + chunk)
+        active = lengths > start
+        n_active = int(active.sum())
+        if n_active == 0:
+            return
+        rows = None if n_active == lengths.shape[0] else active.nonzero().squeeze(1)
+        yield start, min(length, start + chunk), rows
+
+
+def _take(x: Tensor, rows: Optional[Tensor], s: int, e: int) -> Tensor:
+    """x[rows, s:e] (x[:, s:e] when rows is None)."""
+    return x[:, s:e] if rows is None else x[rows, s:e]
+
+
+def _sel(x: Tensor, rows: Optional[Tensor]) -> Tensor:
+    return x if rows is None else x[rows]
 
 
 def _batch_stats(net: _Net, i: int, q: Tensor, keys: Tensor, mask: Tensor, chunk: int):
@@ -93,13 +110,15 @@ def _batch_stats(net: _Net, i: int, q: Tensor, keys: Tensor, mask: Tensor, chunk
     h = net.p(i, "weight").shape[1]
     if n == 0:
         return q.new_zeros(h), q.new_ones(h), 0
+    lengths = mask.sum(1)
     total = q.new_zeros(h)
-    for s, e in _chunks(keys.shape[1], chunk):
-        total += net.run(q, keys[:, s:e], upto=i)[mask[:, s:e]].sum(0)
+    for s, e, rows in _chunks(lengths, keys.shape[1], chunk):
+        total += net.run(_sel(q, rows), _take(keys, rows, s, e), upto=i)[_take(mask, rows, s, e)].sum(0)
     mean = total / n
     sq = q.new_zeros(h)
-    for s, e in _chunks(keys.shape[1], chunk):
-        sq += (net.run(q, keys[:, s:e], upto=i)[mask[:, s:e]] - mean).pow(2).sum(0)
+    for s, e, rows in _chunks(lengths, keys.shape[1], chunk):
+        x = net.run(_sel(q, rows), _take(keys, rows, s, e), upto=i)[_take(mask, rows, s, e)]
+        sq += (x - mean).pow(2).sum(0)
     return mean, sq / n, n
 
 
@@ -117,16 +136,19 @@ class _ChunkedDin(torch.autograd.Function):
                 if n and layer.running_mean is not None:
                     layer.running_mean.lerp_(mean, layer.momentum)
                     layer.running_var.lerp_(var * (n / max(n - 1, 1)), layer.momentum)
-        scores = torch.empty(keys.shape[:2], dtype=query.dtype, device=query.device)
-        for s, e in _chunks(keys.shape[1], chunk):
-            scores[:, s:e] = net.run(query, keys[:, s:e])
+        scores = torch.zeros(keys.shape[:2], dtype=query.dtype, device=query.device)  # padding: masked below
+        for s, e, rows in _chunks(lengths, keys.shape[1], chunk):
+            if rows is None:
+                scores[:, s:e] = net.run(query, keys[:, s:e])
+            else:
+                scores[rows, s:e] = net.run(query[rows], keys[rows, s:e])
         if use_softmax:
             weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
         else:
             weights = scores * mask
         pooled = torch.einsum("bl,bld->bd", weights.to(values.dtype), values)
         stat_tensors = [t for st in net.stats if st is not None for t in st]
-        ctx.save_for_backward(query, keys, values, mask, weights, *stat_tensors, *params)
+        ctx.save_for_backward(query, keys, values, lengths, mask, weights, *stat_tensors, *params)
         ctx.layers, ctx.use_softmax, ctx.chunk, ctx.counts = layers, use_softmax, chunk, counts
         ctx.has_stats = [st is not None for st in net.stats]
         ctx.n_stats = len(stat_tensors)
@@ -134,7 +156,7 @@ class _ChunkedDin(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, keys, values, mask, weights, *rest = ctx.saved_tensors
+        query, keys, values, lengths, mask, weights, *rest = ctx.saved_tensors
         stat_tensors, params = rest[:ctx.n_stats], rest[ctx.n_stats:]
         layers, chunk = ctx.layers, ctx.chunk
         grad_out = grad_out.to(values.dtype)
@@ -158,12 +180,15 @@ class _ChunkedDin(torch.autograd.Function):
         grad_stats = [None if st is None else [torch.zeros_like(st[0]), torch.zeros_like(st[1])] for st in leaf_stats]
         used_params = [j for j, t in enumerate(leaf_params) if t is not None]
 
-        def backprop(out_of: Tensor, grad: Tensor, k_leaf: Tensor, s: int, e: int, stat_layers):
+        def backprop(out_of: Tensor, grad: Tensor, k_leaf: Tensor, s: int, e: int, rows, stat_layers):
             stat_leaves = [t for i in stat_layers for t in leaf_stats[i]]
             inputs = [q, k_leaf] + [leaf_params[j] for j in used_params] + stat_leaves
             grads = torch.autograd.grad(out_of, inputs, grad, allow_unused=True)
             grad_q.add_(grads[0])
-            grad_k[:, s:e] += grads[1]
+            if rows is None:
+                grad_k[:, s:e] += grads[1]
+            else:
+                grad_k[rows, s:e] += grads[1]      # rows are distinct
             for j, g in zip(used_params, grads[2:2 + len(used_params)]):
                 if g is not None:
                     grad_params[j] += g
@@ -175,20 +200,20 @@ class _ChunkedDin(torch.autograd.Function):
 
         dice_layers = [i for i, st in enumerate(leaf_stats) if st is not None and ctx.counts[i] > 0]
         with torch.enable_grad():
-            for s, e in _chunks(keys.shape[1], chunk):
-                k_leaf = keys[:, s:e].detach().requires_grad_()
-                backprop(net.run(q, k_leaf), d_scores[:, s:e], k_leaf, s, e, dice_layers)
+            for s, e, rows in _chunks(lengths, keys.shape[1], chunk):
+                k_leaf = _take(keys, rows, s, e).detach().requires_grad_()
+                backprop(net.run(_sel(q, rows), k_leaf), _take(d_scores, rows, s, e), k_leaf, s, e, rows, dice_layers)
             # gradient through the batch statistics, last Dice layer first
             for i in reversed(dice_layers):
                 mean, var = leaf_stats[i]
                 d_mean, d_var = grad_stats[i]
                 n = ctx.counts[i]
                 earlier = [j for j in dice_layers if j < i]
-                for s, e in _chunks(keys.shape[1], chunk):
-                    k_leaf = keys[:, s:e].detach().requires_grad_()
-                    x = net.run(q, k_leaf, upto=i)
-                    g = (d_mean + 2 * d_var * (x.detach() - mean.detach())) / n * mask[:, s:e, None]
-                    backprop(x, g, k_leaf, s, e, earlier)
+                for s, e, rows in _chunks(lengths, keys.shape[1], chunk):
+                    k_leaf = _take(keys, rows, s, e).detach().requires_grad_()
+                    x = net.run(_sel(q, rows), k_leaf, upto=i)
+                    g = (d_mean + 2 * d_var * (x.detach() - mean.detach())) / n * _take(mask, rows, s, e)[..., None]
+                    backprop(x, g, k_leaf, s, e, rows, earlier)
         n_flat = len(params) - 2
         return (None, None, None, grad_q, grad_k, d_values, None, grad_params[-2], grad_params[-1],
                 *grad_params[:n_flat])
