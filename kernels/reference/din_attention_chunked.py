@@ -125,6 +125,9 @@ def _batch_stats(net: _Net, i: int, q: Tensor, keys: Tensor, mask: Tensor, chunk
 class _ChunkedDin(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layers, use_softmax, chunk, query, keys, values, lengths, out_weight, out_bias, *flat):
+        # values None: the keys are pooled (one [B, L, D] gradient instead of two summed ones)
+        ctx.pool_keys = values is None
+        values = keys if values is None else values
         params = list(flat) + [out_weight, out_bias]
         mask = torch.arange(keys.shape[1], device=keys.device).unsqueeze(0) < lengths.unsqueeze(1)
         net = _Net(layers, params, [None] * len(layers), query.shape[-1])
@@ -160,7 +163,6 @@ class _ChunkedDin(torch.autograd.Function):
         stat_tensors, params = rest[:ctx.n_stats], rest[ctx.n_stats:]
         layers, chunk = ctx.layers, ctx.chunk
         grad_out = grad_out.to(values.dtype)
-        d_values = torch.einsum("bl,bd->bld", weights.to(values.dtype), grad_out)
         d_weights = torch.einsum("bld,bd->bl", values, grad_out).to(weights.dtype)
         if ctx.use_softmax:
             d_scores = weights * (d_weights - (d_weights * weights).sum(1, keepdim=True))
@@ -214,6 +216,11 @@ class _ChunkedDin(torch.autograd.Function):
                     x = net.run(_sel(q, rows), k_leaf, upto=i)
                     g = (d_mean + 2 * d_var * (x.detach() - mean.detach())) / n * _take(mask, rows, s, e)[..., None]
                     backprop(x, g, k_leaf, s, e, rows, earlier)
+        if ctx.pool_keys:   # d_values = w ⊗ dO, added in place (no second [B, L, D])
+            grad_k.addcmul_(weights.to(grad_k.dtype).unsqueeze(-1), grad_out.to(grad_k.dtype).unsqueeze(1))
+            d_values = None
+        else:
+            d_values = torch.einsum("bl,bd->bld", weights.to(values.dtype), grad_out)
         n_flat = len(params) - 2
         return (None, None, None, grad_q, grad_k, d_values, None, grad_params[-2], grad_params[-1],
                 *grad_params[:n_flat])
@@ -227,7 +234,8 @@ def din_attention_chunked(query: Tensor, keys: Tensor, lengths: Tensor, hidden: 
     query [B, D], keys [B, L, D], lengths [B], values [B, L, Dv] (default keys).
     ``chunk``: behaviours per chunk (default: ``default_chunk``).
     """
-    values = keys if values is None else values
+    if values is keys:
+        values = None
     if chunk is None:
         chunk = default_chunk(query.shape[0], max(layer.weight.shape[1] for layer in hidden), query.is_cuda)
     flat = [getattr(layer, slot) for layer in hidden for slot in _PARAM_SLOTS]
