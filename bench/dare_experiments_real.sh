@@ -3,18 +3,20 @@
 # users with >= 210 ratings: 135 users) and Amazon Beauty (L = 50, users with >= 60 reviews: 94
 # users). Both are tiny under this protocol, so 3 seeds, batch 256, up to 5 epochs with early
 # stopping on validation AUC (patience 2), official lr 0.01, ONE thread per run and $JOBS runs at
-# a time (default 2). Run dirs under runs/dare_exp_real/; finished runs are skipped.
+# a time (default 2); EPOCHS / DATASETS override the cap and the datasets. Run dirs under runs/dare_exp_real/; finished runs are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"1 2 3"}
 JOBS=${JOBS:-2}
+EPOCHS=${EPOCHS:-5}
+DATASETS=${DATASETS:-"ml100k amazon_beauty"}
 OUT=${OUT:-runs/dare_exp_real}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 OUT
-export COMMON="--quiet --set data.batch_size=256 --set trainer.max_epochs=5 --set trainer.num_threads=1"
+export COMMON="--quiet --set data.batch_size=256 --set trainer.max_epochs=$EPOCHS --set trainer.num_threads=1"
 jobs() {
   for seed in $SEEDS; do
-    for ds in ml100k amazon_beauty; do
+    for ds in $DATASETS; do
       for cfg in dare twin dare_dintopk; do echo "$cfg $ds $seed"; done
     done
   done
