@@ -47,6 +47,20 @@ MAX_LENGTH = 100
 BATCH_SIZE = 1024
 
 
+def _rss_parts_mb() -> dict:
+    """Current resident memory split into anonymous (heap) and file-backed (memory-mapped
+    files, reclaimable page cache) parts, from /proc/self/status (Linux)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key.lower() + "_mb"] = int(value.split()[0]) / 1024.0   # kB
+    except OSError:
+        pass
+    return out
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
 
@@ -97,7 +111,8 @@ def stage_loader(out: Path, max_samples: int = 0) -> dict:
     wall = time.perf_counter() - start
     assert max_samples or n == loader.num_samples, (n, loader.num_samples)
     return {"wall_s": wall, "samples": n, "samples_per_s": n / wall, "batch_shape": list(first),
-            "peak_rss_mb": _peak_rss_mb(), "threads": 1, "shuffle": True, "full_pass": n == loader.num_samples}
+            "peak_rss_mb": _peak_rss_mb(), **_rss_parts_mb(), "threads": 1, "shuffle": True,
+            "full_pass": n == loader.num_samples}
 
 
 def stage_pandas(csv: Path, work: Path) -> dict:
