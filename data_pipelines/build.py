@@ -31,7 +31,8 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -137,6 +138,35 @@ def _build_into(config: DataConfig, tmp: Path, progress: bool, workers: Optional
         return _build_with(config, tmp, progress, pool)
 
 
+class BackgroundWriter:
+    """One I/O thread for pass 2's file writes, in submission order (so the output is
+    byte-identical to writing inline). Parquet encoding and ``.npy`` writes release the GIL,
+    so on a 2-core machine they overlap the next partition's compute; at most
+    ``max_pending`` writes are in flight, which bounds the memory they hold to about one
+    partition's outputs. A failed write raises at the next ``submit`` or at ``close``."""
+
+    def __init__(self, max_pending: int = 4) -> None:
+        self.max_pending = max_pending
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-build-io")
+        self._pending: "deque[Future]" = deque()
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        while len(self._pending) >= self.max_pending:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_now(fn, *args, **kwargs) -> None:
+    fn(*args, **kwargs)
+
+
 def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     from tqdm.auto import tqdm
 
@@ -203,30 +233,17 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     flat_writer = FlatWriter(tmp / "flat")
     split_counts = {s: 0 for s in SPLITS}
     split_users = {s: 0 for s in SPLITS}
-    n_samples = 0
     rows_per_partition = [0] * P
     bar = tqdm(total=len(jobs), desc="pass 2: timelines + samples", unit="part", disable=not progress)
-    # results in partition order, merged one at a time: the merged outputs are appended to
-    # disk, so the main process holds at most one partition's arrays
-    for result in (pool.map(_build_partition, jobs) if pool else map(_build_partition, jobs)):
-        p = result["partition"]
-        if result["users"] != users_per_partition[p]:
-            raise RuntimeError(f"partition {p}: {result['users']} timeline rows, expected "
-                               f"{users_per_partition[p]} from the user vocabulary")
-        arrays = result.pop("arrays", None)
-        part_dir = tmp / "_parts" / f"part-{p:05d}"
-        if arrays is None:   # built by a worker: its arrays wait on disk
-            arrays = {name: np.load(part_dir / f"{name}.npy") for name in result["files"]}
-        flat_writer.append({name: arrays[f"flat_{name}"] for name in result["flat"]}, arrays["offsets"])
-        split_columns.append({name: arrays[f"sample_{name}"] for name in SAMPLE_COLUMNS}, arrays["split"])
-        del arrays
-        shutil.rmtree(part_dir, ignore_errors=True)
-        for name in SPLITS:
-            split_counts[name] += result["split_counts"][name]
-            split_users[name] += result["split_users"][name]
-        n_samples += result["samples"]
-        rows_per_partition[p] = result["users"]
-        bar.update(1)
+    # in-process pass 2: file writes go to one background I/O thread (the second core)
+    io = BackgroundWriter() if pool is None else None
+    write = io.submit if io is not None else _write_now
+    try:
+        n_samples = _merge_partitions(pool, jobs, write, users_per_partition, tmp, flat_writer, split_columns,
+                          split_counts, split_users, rows_per_partition, bar)
+    finally:
+        if io is not None:
+            io.close()
     bar.close()
     split_columns.close()
     flat_writer.close()
@@ -256,6 +273,37 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         "split_users": split_users,
         "rejections": report.to_dict(),
     }
+
+
+def _merge_partitions(pool, jobs, write, users_per_partition, tmp, flat_writer, split_columns,
+                      split_counts, split_users, rows_per_partition, bar) -> int:
+    """Build (or collect from the workers) every partition and append its flat arrays and
+    split columns, in partition order; returns the number of samples."""
+    n_samples = 0
+    # results in partition order, merged one at a time: the merged outputs are appended to
+    # disk, so the main process holds at most one partition's arrays (plus, in process, the
+    # one the background writer is still writing)
+    results = pool.map(_build_partition, jobs) if pool else (_build_partition(job, write) for job in jobs)
+    for result in results:
+        p = result["partition"]
+        if result["users"] != users_per_partition[p]:
+            raise RuntimeError(f"partition {p}: {result['users']} timeline rows, expected "
+                               f"{users_per_partition[p]} from the user vocabulary")
+        arrays = result.pop("arrays", None)
+        part_dir = tmp / "_parts" / f"part-{p:05d}"
+        if arrays is None:   # built by a worker: its arrays wait on disk
+            arrays = {name: np.load(part_dir / f"{name}.npy") for name in result["files"]}
+        write(flat_writer.append, {name: arrays[f"flat_{name}"] for name in result["flat"]}, arrays["offsets"])
+        write(split_columns.append, {name: arrays[f"sample_{name}"] for name in SAMPLE_COLUMNS}, arrays["split"])
+        del arrays
+        shutil.rmtree(part_dir, ignore_errors=True)   # a worker's copies; in process there are none
+        for name in SPLITS:
+            split_counts[name] += result["split_counts"][name]
+            split_users[name] += result["split_users"][name]
+        rows_per_partition[p] = result["users"]
+        n_samples += result["samples"]
+        bar.update(1)
+    return n_samples
 
 
 def _item_categories(pairs: pa.Table, vocabs: dict) -> "tuple[np.ndarray, int]":
@@ -311,7 +359,7 @@ def _partition_state(tmp: Path, config: DataConfig) -> dict:
     return _PARTITION_STATE
 
 
-def _build_partition(job) -> dict:
+def _build_partition(job, write=_write_now) -> dict:
     """Timelines + samples of one scratch partition: writes ``timelines/``, ``samples/`` and
     the partition's flat values and split columns under ``_parts/`` (merged by the caller)."""
     tmp, p, row_base, config, inline = job
@@ -330,8 +378,8 @@ def _build_partition(job) -> dict:
     del raw, encoded
     timelines, flat, offsets = build_timelines(pa.table(columns))
     del columns
-    pq.write_table(timelines, str(tmp / "timelines" / f"part-{p:05d}.parquet"), use_dictionary=False,
-                   compression="lz4", write_statistics=False)
+    write(pq.write_table, timelines, str(tmp / "timelines" / f"part-{p:05d}.parquet"), use_dictionary=False,
+          compression="lz4", write_statistics=False)
     user_ids = timelines.column("user").to_numpy()
     del timelines
     samples = build_samples(offsets, flat["item"], user_ids, state["item_category"], state["sampler"],
@@ -345,8 +393,8 @@ def _build_partition(job) -> dict:
         split_counts[name] = int(sel.sum())
         split_users[name] = int(np.count_nonzero(np.bincount(row_np[sel], minlength=len(user_ids))))
     samples = samples.set_column(0, "row", pc.add(samples.column("row"), row_base))
-    pq.write_table(samples, str(tmp / "samples" / f"part-{p:05d}.parquet"), use_dictionary=False,
-                   compression="lz4", write_statistics=False)
+    write(pq.write_table, samples, str(tmp / "samples" / f"part-{p:05d}.parquet"), use_dictionary=False,
+          compression="lz4", write_statistics=False)
     arrays = {f"flat_{name}": values for name, values in flat.items()}
     arrays.update({"offsets": offsets, "split": split_np},
                   **{f"sample_{name}": samples.column(name).to_numpy() for name in SAMPLE_COLUMNS})

@@ -215,3 +215,20 @@ def test_two_worker_build_is_identical_to_the_in_process_build(tmp_path):
             assert a == b
         else:
             assert (one / f).read_bytes() == (two / f).read_bytes(), f
+
+
+def test_background_writer_keeps_order_and_raises_a_failed_write():
+    from data_pipelines.build import BackgroundWriter
+    done = []
+    io = BackgroundWriter(max_pending=2)
+    for i in range(20):
+        io.submit(done.append, i)
+    io.close()
+    assert done == list(range(20))
+
+    def fail():
+        raise OSError("disk full")
+    io = BackgroundWriter()
+    io.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        io.close()
