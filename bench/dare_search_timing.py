@@ -11,7 +11,7 @@ model it reports the median over ``--repeats`` of
     search ms        both, as ``DARE.search_and_pool`` runs them.
 
 Run it under the benchmark lock on an otherwise idle machine:
-    flock /tmp/recsys-bench.lock python bench/dare_search_timing.py --json bench/results/dare_search_timing.json
+    flock <bench lock file> python bench/dare_search_timing.py --json bench/results/dare_search_timing.json
 """
 
 from __future__ import annotations

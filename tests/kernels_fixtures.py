@@ -60,3 +60,27 @@ def assert_close(actual, expected, dtype, what: str, scale: float = 1.0) -> None
     else:
         atol, rtol = 1e-4 * max(1.0, float(expected.abs().max())), 1e-4
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+PARAM_SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha")
+
+
+def gradcheck_mlp(layers: List[HiddenLayer], training: bool):
+    """The attention MLP's parameters as gradcheck inputs: returns (params, rebuild) where
+    ``rebuild(params)`` gives copies of ``layers`` holding those tensors. In training the running
+    statistics are dropped, so gradcheck's many calls all evaluate the same function."""
+    import copy
+    for layer in layers:
+        if training:
+            layer.running_mean = layer.running_var = None
+    params = [getattr(layer, s) for layer in layers for s in PARAM_SLOTS if getattr(layer, s) is not None]
+
+    def rebuild(ps) -> List[HiddenLayer]:
+        hidden, it = [], iter(ps)
+        for layer in layers:
+            hidden.append(copy.copy(layer))
+            for slot in PARAM_SLOTS:
+                if getattr(layer, slot) is not None:
+                    setattr(hidden[-1], slot, next(it))
+        return hidden
+    return params, rebuild

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kernels.din_attention import din_attention, last_backend
 from kernels.reference.din_attention import din_attention_padded
 from kernels.reference.din_attention_chunked import din_attention_chunked
-from tests.kernels_fixtures import attention_mlp, history
+from tests.kernels_fixtures import PARAM_SLOTS, attention_mlp, gradcheck_mlp, history
 
 F64 = torch.float64
-SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha")
+SLOTS = PARAM_SLOTS
 
 
 def _run(fn, query, keys, values, lens, layers, out_w, out_b, softmax, **kw):
@@ -80,20 +80,12 @@ def test_chunked_gradcheck(acts, training, softmax):
     keys.requires_grad_()
     query = torch.randn(3, 3, dtype=F64, requires_grad=True)
     layers = attention_mlp(3, [5, 4][:len(acts)], acts, training, F64)
-    for layer in layers:   # gradcheck calls the function many times: keep the buffers still
-        layer.running_mean = None if training else layer.running_mean
-        layer.running_var = None if training else layer.running_var
+    params, rebuild = gradcheck_mlp(layers, training)
     out_w = torch.randn(layers[-1].weight.shape[1], dtype=F64, requires_grad=True)
     out_b = torch.randn((), dtype=F64, requires_grad=True)
-    params = [t for layer in layers for t in (getattr(layer, s) for s in SLOTS) if t is not None]
 
     def fn(q, k, v, ow, ob, *ps):
-        hidden, it = [], iter(ps)
-        for layer in layers:
-            hidden.append(copy.copy(layer))
-            for slot in SLOTS:
-                if getattr(layer, slot) is not None:
-                    setattr(hidden[-1], slot, next(it))
+        hidden = rebuild(ps)
         return din_attention_chunked(q, k, lens, hidden, ow, ob, v, softmax, chunk=2)
 
     assert torch.autograd.gradcheck(fn, (query, keys, values, out_w, out_b, *params))

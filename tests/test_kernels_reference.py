@@ -4,8 +4,6 @@ validation and backend choice."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ from kernels.reference.topk_attention import topk_target_attention_padded
 from kernels.topk_attention import topk_target_attention
 from kernels.topk_attention import last_backend as topk_backend
 from kernels.validation import KernelInputError
-from tests.kernels_fixtures import attention_mlp, history
+from tests.kernels_fixtures import attention_mlp, gradcheck_mlp, history
 
 F64 = torch.float64
 
@@ -32,21 +30,12 @@ def test_din_reference_gradcheck(acts, softmax, training):
     keys.requires_grad_()
     query = torch.randn(3, 3, dtype=F64, requires_grad=True)
     layers = attention_mlp(3, [5, 4][:len(acts)], acts, training, F64)
-    for layer in layers:   # gradcheck calls the function many times: keep the buffers still
-        layer.running_mean = None if training else layer.running_mean
-        layer.running_var = None if training else layer.running_var
+    params, rebuild = gradcheck_mlp(layers, training)
     out_w = torch.randn(layers[-1].weight.shape[1], dtype=F64, requires_grad=True)
     out_b = torch.randn((), dtype=F64, requires_grad=True)
-    params = [t for layer in layers for t in (layer.weight, layer.bias, layer.prelu_weight, layer.dice_alpha)
-              if t is not None]
 
     def fn(q, k, ow, ob, *ps):
-        hidden, it = [], iter(ps)
-        for layer in layers:
-            hidden.append(copy.copy(layer))
-            for slot in ("weight", "bias", "prelu_weight", "dice_alpha"):
-                if getattr(layer, slot) is not None:
-                    setattr(hidden[-1], slot, next(it))
+        hidden = rebuild(ps)
         return din_attention_padded(q, k, lens, hidden, ow, ob, None, softmax)
 
     assert torch.autograd.gradcheck(fn, (query, keys, out_w, out_b, *params), fast_mode=True)
