@@ -84,3 +84,17 @@ def gradcheck_mlp(layers: List[HiddenLayer], training: bool):
                     setattr(hidden[-1], slot, next(it))
         return hidden
     return params, rebuild
+
+
+def gradcheck_case(activations: Sequence[str], training: bool):
+    """A tiny float64 op-1 problem for gradcheck (rows of length 0, 1 and 5, D = 3, hidden
+    [5] or [5, 4]): (query, keys, lengths, layers, out_weight, out_bias, params, rebuild)."""
+    f64 = torch.float64
+    keys, lens, _, _ = history([0, 1, 5], 3, f64, extra=1)
+    keys.requires_grad_()
+    query = torch.randn(3, 3, dtype=f64, requires_grad=True)
+    layers = attention_mlp(3, [5, 4][:len(activations)], activations, training, f64)
+    params, rebuild = gradcheck_mlp(layers, training)
+    out_w = torch.randn(layers[-1].weight.shape[1], dtype=f64, requires_grad=True)
+    out_b = torch.randn((), dtype=f64, requires_grad=True)
+    return query, keys, lens, layers, out_w, out_b, params, rebuild

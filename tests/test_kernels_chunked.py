@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kernels.din_attention import din_attention, last_backend
 from kernels.reference.din_attention import din_attention_padded
 from kernels.reference.din_attention_chunked import din_attention_chunked
-from tests.kernels_fixtures import PARAM_SLOTS, attention_mlp, gradcheck_mlp, history
+from tests.kernels_fixtures import PARAM_SLOTS, attention_mlp, gradcheck_case, history
 
 F64 = torch.float64
 SLOTS = PARAM_SLOTS
@@ -75,14 +75,8 @@ def test_chunked_matches_reference(acts, training, softmax, dtype):
     (("sigmoid",), False, False), (("prelu", "dice"), True, True), (("dice", "dice"), True, False),
     (("relu", "dice"), False, True)])
 def test_chunked_gradcheck(acts, training, softmax):
-    keys, lens, _, _ = history([0, 1, 5], 3, F64, extra=1)
+    query, keys, lens, layers, out_w, out_b, params, rebuild = gradcheck_case(acts, training)
     values = history([0, 1, 5], 2, F64, extra=1, seed=3)[0].requires_grad_()
-    keys.requires_grad_()
-    query = torch.randn(3, 3, dtype=F64, requires_grad=True)
-    layers = attention_mlp(3, [5, 4][:len(acts)], acts, training, F64)
-    params, rebuild = gradcheck_mlp(layers, training)
-    out_w = torch.randn(layers[-1].weight.shape[1], dtype=F64, requires_grad=True)
-    out_b = torch.randn((), dtype=F64, requires_grad=True)
 
     def fn(q, k, v, ow, ob, *ps):
         hidden = rebuild(ps)

@@ -17,7 +17,7 @@ from kernels.reference.topk_attention import topk_target_attention_padded
 from kernels.topk_attention import topk_target_attention
 from kernels.topk_attention import last_backend as topk_backend
 from kernels.validation import KernelInputError
-from tests.kernels_fixtures import attention_mlp, gradcheck_mlp, history
+from tests.kernels_fixtures import attention_mlp, gradcheck_case, history
 
 F64 = torch.float64
 
@@ -26,13 +26,7 @@ F64 = torch.float64
     (("sigmoid",), False, False), (("prelu", "dice"), True, True), (("dice",), False, True),
     (("relu", "sigmoid"), True, False), (("prelu", "dice"), False, False)])
 def test_din_reference_gradcheck(acts, softmax, training):
-    keys, lens, _, _ = history([0, 1, 5], 3, F64, extra=1)
-    keys.requires_grad_()
-    query = torch.randn(3, 3, dtype=F64, requires_grad=True)
-    layers = attention_mlp(3, [5, 4][:len(acts)], acts, training, F64)
-    params, rebuild = gradcheck_mlp(layers, training)
-    out_w = torch.randn(layers[-1].weight.shape[1], dtype=F64, requires_grad=True)
-    out_b = torch.randn((), dtype=F64, requires_grad=True)
+    query, keys, lens, layers, out_w, out_b, params, rebuild = gradcheck_case(acts, training)
 
     def fn(q, k, ow, ob, *ps):
         hidden = rebuild(ps)
