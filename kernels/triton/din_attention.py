@@ -149,11 +149,9 @@ def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w
     else:
         if STAGE == 2:
             hh = tl.arange(0, BLOCK_H2)
-            width = H2
             blk = BLOCK_H2
         else:
             hh = tl.arange(0, BLOCK_H1)
-            width = H1
             blk = BLOCK_H1
         tl.store(stat_ptr + b * 2 * blk + hh, s1)
         tl.store(stat_ptr + b * 2 * blk + blk + hh, s2)
