@@ -42,6 +42,9 @@ class DataSection:
     max_length: Optional[int] = None
     form: str = "padded"
     num_workers: int = 0
+    # training-order shuffle: blocks of this many consecutive (user-sorted) samples are
+    # permuted, then the samples inside each block; >= the train split = a full permutation
+    shuffle_block: int = 1 << 16
 
 
 @dataclass
@@ -195,6 +198,8 @@ def _check_values(config: RunConfig, source: str) -> None:
                           f"got {config.optimizer.schedule!r}")
     if data.batch_size < 1 or data.eval_batch_size < 1:
         raise ConfigError(f"{source}: batch sizes must be >= 1")
+    if data.shuffle_block < 1:
+        raise ConfigError(f"{source}: data.shuffle_block must be >= 1, got {data.shuffle_block}")
 
 
 def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> RunConfig:

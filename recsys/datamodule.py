@@ -32,7 +32,8 @@ class RankingDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> SampleLoader:
         rank, world = self._rank()
         return SampleLoader(self.dataset, split, batch_size, max_length=self.config.max_length, form=self.config.form,
-                            shuffle=shuffle, seed=self.seed, rank=rank, world_size=world, drop_last=drop_last)
+                            shuffle=shuffle, seed=self.seed, rank=rank, world_size=world, drop_last=drop_last,
+                            shuffle_block=self.config.shuffle_block)
 
     def _wrap(self, loader: SampleLoader) -> DataLoader:
         workers = self.config.num_workers

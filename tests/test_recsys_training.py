@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from data_pipelines.build import build_dataset
@@ -54,9 +53,27 @@ def test_config_errors_name_the_key(dataset, tmp_path):
     with pytest.raises(ConfigError, match="NoSuchModel"):
         parse_config(raw)
     raw = run_config(dataset, tmp_path / "r")
+    raw["data"]["shuffle_block"] = 0
+    with pytest.raises(ConfigError, match="shuffle_block"):
+        parse_config(raw)
+    raw = run_config(dataset, tmp_path / "r")
     raw["data"]["path"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match="does not exist"):
         fit(parse_config(raw), progress=False)
+
+
+def test_shuffle_block_reaches_the_training_loader(dataset, tmp_path):
+    from recsys.datamodule import RankingDataModule
+    raw = run_config(dataset, tmp_path / "r")
+    raw["data"]["shuffle_block"] = 1 << 30      # covers the split: a full permutation
+    config = parse_config(raw)
+    module = RankingDataModule(dataset, config.data, seed=0)
+    module.train_dataloader()
+    loader = module.train_loader
+    assert loader.shuffle_block == 1 << 30
+    loader.set_epoch(0)
+    order = loader._order()
+    assert sorted(order.tolist()) == list(range(loader.num_samples))   # one block: every sample once
 
 
 def test_every_shipped_config_parses():

@@ -65,10 +65,7 @@ def fit_timed(config_path: str, overrides: dict, shuffle_block: "int | None" = N
         # the loader's two-level block shuffle (default blocks of 65,536 samples) on a
         # user-sorted sample table gives each block of batches a narrow user range; FuxiCTR
         # permutes the whole split, so the comparison can ask for blocks that cover it
-        import functools
-        from recsys import datamodule
-        from data_pipelines.loader import SampleLoader
-        datamodule.SampleLoader = functools.partial(SampleLoader, shuffle_block=shuffle_block)
+        overrides = {**overrides, "data.shuffle_block": shuffle_block}
     base = L.Trainer
 
     class TimedTrainer(base):
