@@ -4,9 +4,11 @@ score_j = MLP([q, k_j, q - k_j, q * k_j]) and pooled = sum_j w_j v_j, with w = s
 paper: no normalisation) or softmax(score) (official code). The first layer never builds
 the [B, L, 4D] concatenation: with W1 = [Wa; Wb; Wc; Wd] (row blocks for q, k, q-k, q*k),
 
-    pre = q (Wa + Wc) + k (Wb - Wc) + (q * k) Wd + b1,
+    pre = q (Wa + Wc) + k (Wb - Wc) + (q * k) Wd + b1
+        = q (Wa + Wc) + b1  +  k [(Wb - Wc) + diag(q) Wd],
 
-one per-target term plus one per-behaviour GEMM (see design/architecture.md).
+one per-target term plus one batched GEMM of the keys with a per-row [D, H1] matrix (see
+design/architecture.md).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def apply_activation(x: Tensor, layer: HiddenLayer, valid: Optional[Tensor] = No
     if kind == "relu":
         return F.relu(x)
     if kind == "prelu":
-        return torch.where(x >= 0, x, layer.prelu_weight * x)
+        # the native op (one pass, fused backward) on [rows, H]: F.prelu's channel dim is dim 1
+        return F.prelu(x.reshape(-1, x.shape[-1]), layer.prelu_weight.to(x.dtype)).reshape(x.shape)
     if kind == "dice":
         if layer.training:
             rows = x[valid] if valid is not None else x.reshape(-1, x.shape[-1])
@@ -84,7 +87,10 @@ def din_attention_scores(query: Tensor, keys: Tensor, mask: Tensor, hidden: Sequ
     w1 = hidden[0].weight
     wa, wb, wc, wd = w1[:d], w1[d:2 * d], w1[2 * d:3 * d], w1[3 * d:]
     per_target = query @ (wa + wc) + hidden[0].bias                        # [B, H1]
-    x = keys @ (wb - wc) + (keys * query.unsqueeze(1)) @ wd + per_target.unsqueeze(1)  # [B, L, H1]
+    # k(Wb - Wc) + (q * k)Wd = k [(Wb - Wc) + diag(q) Wd]: one per-row [D, H1] matrix and one
+    # batched GEMM instead of two GEMMs plus a [B, L, D] product (half the FLOPs and traffic)
+    key_proj = (wb - wc) + query.unsqueeze(-1) * wd                         # [B, D, H1]
+    x = torch.baddbmm(per_target.unsqueeze(1), keys, key_proj)              # [B, L, H1]
     x = apply_activation(x, hidden[0], mask)
     for layer in hidden[1:]:
         x = apply_activation(x @ layer.weight + layer.bias, layer, mask)
