@@ -122,7 +122,9 @@ class NegativeSampler:
         lengths = np.diff(offsets)
         user_of_event = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
         keys = user_of_event * self.num_items + items
-        keys.sort()
+        # the keys are already in row order, unsorted only within each row: the stable sort
+        # (timsort) merges such runs ~2.5x faster than the default introsort
+        keys.sort(kind="stable")
         return keys
 
     def sample(self, rng: np.random.Generator, owner_rows: np.ndarray, offsets: np.ndarray,
@@ -176,12 +178,13 @@ def build_samples(offsets: np.ndarray, items: np.ndarray, user_ids: np.ndarray, 
 
 
 def _table(row, user_ids, cut, targets, categories, labels, split) -> pa.Table:
+    # copy=False: most columns already have their dtype, and a copy per column costs ~0.1 s per 10M rows
     return pa.table({
-        "row": row.astype(np.int64),
-        "user": user_ids[row].astype(np.int64),
-        "cut": cut.astype(np.int32),
-        "target_item": targets.astype(np.int32),
-        "target_category": categories.astype(np.int32),
-        "label": labels.astype(np.int8),
-        "split": split.astype(np.int8),
+        "row": row.astype(np.int64, copy=False),
+        "user": user_ids[row].astype(np.int64, copy=False),
+        "cut": cut.astype(np.int32, copy=False),
+        "target_item": targets.astype(np.int32, copy=False),
+        "target_category": categories.astype(np.int32, copy=False),
+        "label": labels.astype(np.int8, copy=False),
+        "split": split.astype(np.int8, copy=False),
     })
