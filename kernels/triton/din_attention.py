@@ -87,11 +87,13 @@ def _load_mat(ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w2_ptr, b2_ptr, wo_ptr,
-              a1_ptr, m1_ptr, r1_ptr, a2_ptr, m2_ptr, r2_ptr, out_ptr, stat_ptr, bo, D, DV, H1, H2,
+              a1_ptr, m1_ptr, r1_ptr, a2_ptr, m2_ptr, r2_ptr, out_ptr, lse_ptr, stat_ptr, bo, D, DV, H1, H2,
               ACT1: tl.constexpr, ACT2: tl.constexpr, TWO: tl.constexpr, SOFTMAX: tl.constexpr,
               STAGE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
               BLOCK_H1: tl.constexpr, BLOCK_H2: tl.constexpr):
-    """STAGE 0: pooled output; STAGE 1 / 2: per-row Σx and Σx² of layer STAGE's pre-activation."""
+    """STAGE 0: pooled output (and, with SOFTMAX, the row's log-sum-exp of the scores, which
+    the fused backward uses to rebuild the weights without another pass);
+    STAGE 1 / 2: per-row Σx and Σx² of layer STAGE's pre-activation."""
     b = tl.program_id(0)
     start, n = row_extent(start_ptr, len_ptr, b)
     d = tl.arange(0, BLOCK_D)
@@ -145,6 +147,7 @@ def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w
         if SOFTMAX:
             nonempty = total > 0
             acc = tl.where(nonempty, acc / tl.where(nonempty, total, 1.0), 0.0)
+            tl.store(lse_ptr + b, tl.where(nonempty, m + tl.log(tl.where(nonempty, total, 1.0)), 0.0))
         tl.store(out_ptr + b * DV + dv, acc.to(out_ptr.dtype.element_ty), mask=dv < DV)
     else:
         if STAGE == 2:
@@ -175,26 +178,20 @@ def _dice_stats(layer: HiddenLayer, sums: Tensor, squares: Tensor, count: int):
     return mean, var
 
 
-def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offsets: Optional[Tensor],
-             hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor, use_softmax: bool) -> Tensor:
-    """Run the statistics passes (Dice in training) and the fused pooling pass."""
-    flat_k, starts, lens, _ = row_layout(keys, lengths, offsets)
-    flat_v, _, _, _ = row_layout(values, lengths, offsets)
-    batch, dim = query.shape
-    dim_v = flat_v.shape[1]
+def kernel_weights(query: Tensor, hidden: Sequence[HiddenLayer]) -> dict:
+    """The MLP as the fused kernels take it, all fp32 and contiguous: ``wk`` = Wb − Wc and
+    ``wd`` [D, H1], ``pt`` [B, H1] = q (Wa + Wc) + b1, ``w2``/``b2`` (a dummy for one layer),
+    per layer ``params[i]`` = {a: PReLU slope or Dice alpha, m: Dice mean, r: Dice rstd}
+    (Dice in inference: from the running statistics; in training filled in by the forward's
+    statistics passes), the widths ``h1``, ``h2``, ``two`` and the ``blocks``/``acts`` meta."""
+    dim = query.shape[1]
     f32 = dict(device=query.device, dtype=torch.float32)
-    q32 = query.float().contiguous()
     first = hidden[0]
     w1 = first.weight.float()
-    wk = (w1[dim:2 * dim] - w1[2 * dim:3 * dim]).contiguous()
-    wd = w1[3 * dim:].contiguous()
-    pt = (q32 @ (w1[:dim] + w1[2 * dim:3 * dim]) + first.bias.float()).contiguous()       # [B, H1]
     two = len(hidden) == 2
     h1 = w1.shape[1]
     h2 = hidden[1].weight.shape[1] if two else 1
     dummy = torch.zeros(max(h1, h2, 1), **f32)
-    w2 = hidden[1].weight.float().contiguous() if two else dummy
-    b2 = hidden[1].bias.float().contiguous() if two else dummy
     params = [dict(a=dummy, m=dummy, r=dummy) for _ in range(2)]
     for i, layer in enumerate(hidden):
         if layer.activation == "prelu":
@@ -204,19 +201,43 @@ def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offse
             if not layer.training:
                 params[i]["m"] = layer.running_mean.float().contiguous()
                 params[i]["r"] = torch.rsqrt(layer.running_var.float() + layer.eps).contiguous()
-    blocks = dict(BLOCK_D=pow2(dim), BLOCK_DV=pow2(dim_v, 1), BLOCK_H1=pow2(h1), BLOCK_H2=pow2(h2))
-    acts = dict(ACT1=ACTIVATION_CODES[first.activation], ACT2=ACTIVATION_CODES[hidden[-1].activation] if two else 0,
-                TWO=two, SOFTMAX=use_softmax)
+    return dict(
+        wk=(w1[dim:2 * dim] - w1[2 * dim:3 * dim]).contiguous(), wd=w1[3 * dim:].contiguous(),
+        pt=(query.float() @ (w1[:dim] + w1[2 * dim:3 * dim]) + first.bias.float()).contiguous(),
+        w2=hidden[1].weight.float().contiguous() if two else dummy,
+        b2=hidden[1].bias.float().contiguous() if two else dummy,
+        params=params, dummy=dummy, h1=h1, h2=h2, two=two,
+        blocks=dict(BLOCK_D=pow2(dim), BLOCK_H1=pow2(h1), BLOCK_H2=pow2(h2)),
+        acts=dict(ACT1=ACTIVATION_CODES[first.activation], ACT2=ACTIVATION_CODES[hidden[-1].activation] if two else 0,
+                  TWO=two))
+
+
+def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offsets: Optional[Tensor],
+             hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor, use_softmax: bool):
+    """Run the statistics passes (Dice in training) and the fused pooling pass; returns the
+    pooled output [B, Dv] and the per-row log-sum-exp of the scores [B] (fp32; zeros without
+    softmax or for empty rows)."""
+    flat_k, starts, lens, _ = row_layout(keys, lengths, offsets)
+    flat_v, _, _, _ = row_layout(values, lengths, offsets)
+    batch, dim = query.shape
+    dim_v = flat_v.shape[1]
+    f32 = dict(device=query.device, dtype=torch.float32)
+    q32 = query.float().contiguous()
+    w = kernel_weights(query, hidden)
+    params, h1, h2 = w["params"], w["h1"], w["h2"]
+    blocks = dict(w["blocks"], BLOCK_DV=pow2(dim_v, 1))
     out = torch.zeros(batch, dim_v, device=query.device, dtype=query.dtype)
+    lse = torch.zeros(batch, **f32)
     if batch == 0:
-        return out
+        return out, lse
     count = int(lens.sum())
 
     def launch(stage: int, out_buf: Tensor, stat_buf: Tensor) -> None:
-        _din_kernel[(batch,)](q32, flat_k, flat_v, starts, lens, pt, wk, wd, w2, b2, out_weight.float().contiguous(),
-                              params[0]["a"], params[0]["m"], params[0]["r"], params[1]["a"], params[1]["m"],
-                              params[1]["r"], out_buf, stat_buf, float(out_bias), dim, dim_v, h1, h2,
-                              STAGE=stage, **acts, **blocks)
+        _din_kernel[(batch,)](q32, flat_k, flat_v, starts, lens, w["pt"], w["wk"], w["wd"], w["w2"], w["b2"],
+                              out_weight.float().contiguous(), params[0]["a"], params[0]["m"], params[0]["r"],
+                              params[1]["a"], params[1]["m"], params[1]["r"], out_buf, lse, stat_buf,
+                              float(out_bias), dim, dim_v, h1, h2, STAGE=stage, SOFTMAX=use_softmax,
+                              **w["acts"], **blocks)
 
     for i, layer in enumerate(hidden):
         if layer.activation == "dice" and layer.training:
@@ -227,40 +248,70 @@ def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offse
             mean, var = _dice_stats(layer, totals[0], totals[1], count)
             params[i]["m"] = mean.contiguous()
             params[i]["r"] = torch.rsqrt(var + layer.eps).contiguous()
-    launch(0, out, dummy)
-    return out
+    launch(0, out, w["dummy"])
+    return out, lse
 
 
 class _DinAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, keys, values, lengths, offsets, spec, *tensors):
         hidden, out_weight, out_bias = _unpack(spec, tensors)
-        out = _forward(query, keys, values, lengths, offsets, hidden, out_weight, out_bias, spec["softmax"])
+        out, lse = _forward(query, keys, values, lengths, offsets, hidden, out_weight, out_bias, spec["softmax"])
         ctx.spec = spec
         ctx.offsets = offsets
-        ctx.save_for_backward(query, keys, values, lengths, *tensors)
+        ctx.save_for_backward(query, keys, values, lengths, out, lse, *tensors)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        query, keys, values, lengths, *tensors = ctx.saved_tensors
+        query, keys, values, lengths, out, lse, *tensors = ctx.saved_tensors
         spec = ctx.spec
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None and t.is_floating_point() else t
-                      for t in (query, keys, values, *tensors)]
-            q, k, v, *params = inputs
-            hidden, out_weight, out_bias = _unpack(spec, params, recompute=True)
-            kp, vp = k, v
-            if ctx.offsets is not None:
-                kp = jagged_to_padded(k, ctx.offsets, lengths)
-                vp = jagged_to_padded(v, ctx.offsets, lengths)
-            out = din_attention_chunked(q, kp, lengths, hidden, out_weight, out_bias, vp, spec["softmax"])
-            wanted = [(i, x) for i, x in enumerate(inputs) if x is not None and x.requires_grad]
-            grads = torch.autograd.grad(out, [x for _, x in wanted], dout, allow_unused=True)
-        result: List[Optional[Tensor]] = [None] * len(inputs)
-        for (i, _), g in zip(wanted, grads):
-            result[i] = g
-        return (result[0], result[1], result[2], None, None, None, *result[3:])
+        hidden, out_weight, out_bias = _unpack(spec, tensors)
+        # imported here: that module builds on this one's jit helpers
+        from .din_attention_backward import din_attention_backward, fused_backward_supported
+        if not fused_backward_supported(hidden):
+            return _chunked_backward(ctx, dout, query, keys, values, lengths, tensors)
+        _LAST_BACKWARD["path"] = "triton"
+        dq, dk, dv, layer_grads, d_wo, d_bo = din_attention_backward(
+            dout, query, keys, values, lengths, ctx.offsets, out, lse, hidden, out_weight, out_bias,
+            spec["softmax"], spec["alias"])
+        flat: List[Optional[Tensor]] = []
+        for grads in layer_grads:
+            flat += [grads[s] if s in grads else None for s in _SLOTS]     # running statistics: None
+        # aliased values: the value gradient is already inside dk (one tensor, passed twice)
+        return (dq, dk, dv, None, None, None, *flat, d_wo, d_bo)
+
+
+def _chunked_backward(ctx, dout, query, keys, values, lengths, tensors):
+    """Dice in training: recompute through the chunked PyTorch function and differentiate it
+    (exact gradients through the batch statistics; one [B, chunk, H] block at a time)."""
+    _LAST_BACKWARD["path"] = "chunked"
+    spec = ctx.spec
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None and t.is_floating_point() else t
+                  for t in (query, keys, values, *tensors)]
+        q, k, v, *params = inputs
+        hidden, out_weight, out_bias = _unpack(spec, params, recompute=True)
+        kp, vp = k, v
+        if ctx.offsets is not None:
+            kp = jagged_to_padded(k, ctx.offsets, lengths)
+            vp = jagged_to_padded(v, ctx.offsets, lengths)
+        out = din_attention_chunked(q, kp, lengths, hidden, out_weight, out_bias, vp, spec["softmax"])
+        wanted = [(i, x) for i, x in enumerate(inputs) if x is not None and x.requires_grad]
+        grads = torch.autograd.grad(out, [x for _, x in wanted], dout, allow_unused=True)
+    result: List[Optional[Tensor]] = [None] * len(inputs)
+    for (i, _), g in zip(wanted, grads):
+        result[i] = g
+    return (result[0], result[1], result[2], None, None, None, *result[3:])
+
+
+_LAST_BACKWARD = {"path": None}
+
+
+def last_backward_path() -> Optional[str]:
+    """Which backward the most recent op-1 Triton call ran: "triton" (fused kernel) or
+    "chunked" (Dice in training: recomputation through the chunked PyTorch function)."""
+    return _LAST_BACKWARD["path"]
 
 
 _SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha", "running_mean", "running_var")
@@ -297,4 +348,5 @@ def din_attention_triton(query: Tensor, keys: Tensor, lengths: Tensor, offsets: 
         if layer.activation == "dice" and not layer.training and layer.running_mean is None:
             raise KernelInputError("Dice in inference needs running_mean / running_var")
     spec, tensors = _pack(hidden, out_weight, out_bias, use_softmax)
+    spec["alias"] = values is None or values is keys   # the fused backward then writes one gradient
     return _DinAttention.apply(query, keys, keys if values is None else values, lengths, offsets, spec, *tensors)
