@@ -43,8 +43,9 @@ class DataSection:
     form: str = "padded"
     num_workers: int = 0
     # training-order shuffle: blocks of this many consecutive (user-sorted) samples are
-    # permuted, then the samples inside each block; >= the train split = a full permutation
-    shuffle_block: int = 1 << 16
+    # permuted, then the samples inside each block; >= the train split = a full permutation;
+    # null = a full permutation up to 16.8M samples, else blocks of 65,536 (SampleLoader)
+    shuffle_block: Optional[int] = None
 
 
 @dataclass
@@ -198,7 +199,7 @@ def _check_values(config: RunConfig, source: str) -> None:
                           f"got {config.optimizer.schedule!r}")
     if data.batch_size < 1 or data.eval_batch_size < 1:
         raise ConfigError(f"{source}: batch sizes must be >= 1")
-    if data.shuffle_block < 1:
+    if data.shuffle_block is not None and data.shuffle_block < 1:
         raise ConfigError(f"{source}: data.shuffle_block must be >= 1, got {data.shuffle_block}")
 
 

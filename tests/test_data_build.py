@@ -176,6 +176,23 @@ def test_truncated_split_column_is_reported(tmp_path):
         ds.sample_columns("train")
 
 
+def test_default_shuffle_is_uniform_up_to_the_limit_then_blocks(tmp_path, monkeypatch):
+    import data_pipelines.loader as loader_module
+
+    ds = BuiltDataset(build_dataset(synthetic(tmp_path), progress=False))
+    n = ds.split_counts["train"]
+    loader = SampleLoader(ds, "train", 64, shuffle=True, seed=5)
+    assert loader.shuffle_block == n                    # one block: a uniform permutation
+    order = loader._order()
+    assert np.array_equal(np.sort(order), np.arange(n))
+    # samples are user-sorted; a uniform order mixes the first and last users in the first batch
+    assert order[:64].min() < n // 4 and order[:64].max() > 3 * n // 4
+    monkeypatch.setattr(loader_module, "FULL_SHUFFLE_MAX_SAMPLES", n - 1)
+    monkeypatch.setattr(loader_module, "DEFAULT_SHUFFLE_BLOCK", 97)
+    assert SampleLoader(ds, "train", 64, shuffle=True, seed=5).shuffle_block == 97
+    assert SampleLoader(ds, "train", 64, shuffle=True, seed=5, shuffle_block=13).shuffle_block == 13
+
+
 @pytest.mark.parametrize("block", [1, 97, 1 << 16])
 def test_block_shuffle_sees_every_sample_once_under_sharding(tmp_path, block):
     ds = BuiltDataset(build_dataset(synthetic(tmp_path), progress=False))

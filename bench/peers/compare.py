@@ -66,7 +66,8 @@ def portable_command(argv) -> str:
         elif arg.startswith(TMP):
             arg = "$TMPDIR/" + arg[len(TMP):]
         out.append(arg)
-    return shlex.join(out)
+    # quote every argument but leave $TMPDIR expandable (shlex would single-quote it)
+    return " ".join(a if a.startswith("$TMPDIR/") and shlex.quote(a[1:]) == a[1:] else shlex.quote(a) for a in out)
 SECTION = "## FuxiCTR peer"
 FINDINGS = HERE / "findings.md"   # hand-written analysis (profiles, why a goal is missed), appended to both sections
 ACTIVATIONS = {"prelu": "PReLU", "dice": "Dice", "relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
