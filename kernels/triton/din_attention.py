@@ -15,11 +15,14 @@ pre-activations over all valid behaviours: a statistics pass per Dice layer
 running statistics are updated exactly as the reference does. In inference Dice uses the
 running statistics.
 
-Backward: recomputation. The autograd function saves only the inputs and, in backward,
-recomputes the op with the chunked PyTorch path (``din_attention_chunked``: exact
-gradients, including through Dice's batch statistics, and only one [B, chunk, H] block of
-hidden activations alive at a time) and differentiates it. A fused Triton backward is not
-written yet.
+Backward: the autograd function saves the inputs, the output and the per-row
+log-sum-exp [B] of the scores (written by the pooling pass with softmax). Sigmoid, ReLU,
+PReLU and Dice in inference use the fused Triton backward
+(``din_attention_backward.py``: one pass per row, the MLP recomputed tile by tile on chip,
+no [B, L, H]). Dice in training, whose batch statistics couple all rows, recomputes the op
+with the chunked PyTorch path (``din_attention_chunked``: exact gradients through the
+statistics, one [B, chunk, H] block alive at a time) and differentiates it.
+``last_backward_path()`` says which ran.
 """
 
 from __future__ import annotations
