@@ -1,8 +1,9 @@
 """The fused Triton backward of op 1 (DIN attention) against the exact PyTorch reference
 ``din_attention_padded``: every input and weight gradient, on random shapes (rows of
 length 0 and 1, lengths straddling the interpreter's 16-row block), one or two hidden
-layers, sigmoid / ReLU / PReLU / Dice-in-inference, softmax or raw weights, padded and
-jagged, values = keys or separate, fp32 and fp16. On CPU this runs under
+layers, sigmoid / ReLU / PReLU / Dice (inference, and training with gradients through
+the batch statistics), softmax or raw weights, padded and jagged, values = keys or
+separate, fp32 and fp16. On CPU this runs under
 TRITON_INTERPRET=1 (set in conftest.py) with tiny shapes and one autotune config."""
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
 
-import kernels.triton.din_attention as triton_din  # noqa: E402
 import kernels.triton.din_attention_backward as triton_din_bwd  # noqa: E402
 from kernels.din_attention import din_attention  # noqa: E402
 from kernels.reference.din_attention import din_attention_padded  # noqa: E402
+from kernels.reference.din_attention_chunked import din_attention_chunked  # noqa: E402
 from tests.kernels_fixtures import PARAM_SLOTS, assert_close, attention_mlp, history  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,18 +103,22 @@ def _compare(problem, jagged, values_mode, softmax, dtype):
 
 @PROPS
 @given(lengths=lengths_st, dim=st.integers(1, 10), widths=st.lists(st.integers(1, 20), min_size=1, max_size=2),
-       acts=st.lists(st.sampled_from(ACTIVATIONS), min_size=2, max_size=2), softmax=st.booleans(),
-       jagged=st.booleans(), values_mode=st.sampled_from(["none", "same", "separate"]),
+       acts=st.lists(st.sampled_from(ACTIVATIONS), min_size=2, max_size=2), training=st.booleans(),
+       softmax=st.booleans(), jagged=st.booleans(), values_mode=st.sampled_from(["none", "same", "separate"]),
        dtype=st.sampled_from([torch.float32, torch.float16]), seed=st.integers(0, 1000))
-def test_fused_backward_matches_reference(lengths, dim, widths, acts, softmax, jagged, values_mode, dtype, seed):
-    problem = _Problem(lengths, dim, widths, acts[:len(widths)], dtype, training=False, seed=seed)
+def test_fused_backward_matches_reference(lengths, dim, widths, acts, training, softmax, jagged, values_mode, dtype,
+                                          seed):
+    """training: Dice layers use (and back-propagate through) the batch statistics."""
+    problem = _Problem(lengths, dim, widths, acts[:len(widths)], dtype, training=training, seed=seed)
     _compare(problem, jagged, values_mode, softmax, dtype)
-    assert triton_din.last_backward_path() == "triton"
 
 
-@pytest.mark.parametrize("acts", [("sigmoid",), ("relu", "prelu"), ("prelu", "dice"), ("dice",)])
-def test_backward_launches_the_fused_kernel(monkeypatch, acts):
-    """Supported cases run the Triton backward kernel and never the chunked recompute."""
+@pytest.mark.parametrize("acts,training", [(("sigmoid",), False), (("relu", "prelu"), False),
+                                           (("prelu", "dice"), False), (("dice",), True), (("prelu", "dice"), True),
+                                           (("dice", "dice"), True)])
+def test_backward_launches_the_fused_kernel(monkeypatch, acts, training):
+    """Every case runs the Triton backward kernel: once, plus one statistics pass per Dice
+    layer in training; and the gradients match the reference."""
     launches = []
     kernel = triton_din_bwd._din_bwd_kernel
 
@@ -122,37 +127,36 @@ def test_backward_launches_the_fused_kernel(monkeypatch, acts):
             launches.append(grid)
             return kernel[grid]
 
-    def no_chunked(*args, **kwargs):
-        raise AssertionError("the chunked recompute ran")
-
     monkeypatch.setattr(triton_din_bwd, "_din_bwd_kernel", Counting())
-    monkeypatch.setattr(triton_din, "din_attention_chunked", no_chunked)
-    problem = _Problem([0, 1, 17, 5], 4, [6, 5][:len(acts)], acts, torch.float32)
-    _compare(problem, jagged=False, values_mode="none", softmax=True, dtype=torch.float32)
-    assert len(launches) == 1 and triton_din.last_backward_path() == "triton"
+    problem = _Problem([0, 1, 17, 5, 30], 4, [6, 5][:len(acts)], acts, torch.float32, training=training)
+    _compare(problem, jagged=False, values_mode="separate", softmax=True, dtype=torch.float32)
+    assert len(launches) == 1 + (acts.count("dice") if training else 0)
 
 
-@pytest.mark.parametrize("acts", [("dice",), ("prelu", "dice"), ("dice", "dice")])
-@pytest.mark.parametrize("jagged", [False, True])
-def test_dice_training_backward_matches_reference(acts, jagged):
-    """Dice in training (batch statistics couple all rows) takes the chunked recompute and
-    still matches the reference, gradients through the statistics included."""
-    problem = _Problem([0, 1, 17, 5, 30], 3, [6, 5][:len(acts)], acts, torch.float32, training=True)
-    _compare(problem, jagged=jagged, values_mode="separate", softmax=True, dtype=torch.float32)
-    assert triton_din.last_backward_path() == "chunked"
+def test_backward_of_a_batch_without_behaviours():
+    """All rows empty: zero gradients for keys, values and the MLP, and no statistics term."""
+    problem = _Problem([0, 0, 0], 3, [5], ("dice",), torch.float32, training=True)
+    _compare(problem, jagged=False, values_mode="separate", softmax=True, dtype=torch.float32)
+    got = problem.grads("triton", False, "separate", True)[1]
+    assert all(float(g.abs().max()) == 0.0 for g in got[1:3])
 
 
-def _largest_backward_tensor(acts, training):
+def _largest_backward_tensor(acts, training, chunked=False):
     """numel of the largest tensor an aten op allocates while the backward of a B = 4, L = 67
-    (64 + 3 padding), D = 8, H = 24 problem runs. A dispatch mode (not a function mode)
-    because the autograd engine calls the Function's backward below the Python function
-    layer; views and in-place ops (the interpreter's storage aliasing) allocate nothing."""
+    (64 + 3 padding), D = 8, H = 24 problem runs (``chunked``: through the chunked PyTorch
+    function instead of the Triton kernel). A dispatch mode (not a function mode) because
+    the autograd engine calls the Function's backward below the Python function layer; views
+    and in-place ops (the interpreter's storage aliasing) allocate nothing."""
     problem = _Problem([33, 7, 1, 64], 8, [24] * len(acts), acts, torch.float32, training=training, dim_v=8)
     q = problem.query.clone().requires_grad_()
     k = problem.keys.clone().requires_grad_()
     params = problem.params()
-    out = din_attention(q, k, problem.lens, hidden=problem.layers, out_weight=problem.out_w.requires_grad_(),
-                        out_bias=problem.out_b.requires_grad_(), use_softmax=True, backend="triton")
+    out_w, out_b = problem.out_w.requires_grad_(), problem.out_b.requires_grad_()
+    if chunked:
+        out = din_attention_chunked(q, k, problem.lens, problem.layers, out_w, out_b, use_softmax=True)
+    else:
+        out = din_attention(q, k, problem.lens, hidden=problem.layers, out_weight=out_w, out_bias=out_b,
+                            use_softmax=True, backend="triton")
     seen = [0]
 
     class Spy(TorchDispatchMode):
@@ -165,14 +169,15 @@ def _largest_backward_tensor(acts, training):
             return result
 
     with Spy():
-        torch.autograd.grad(out.sum(), [q, k, *params, problem.out_w, problem.out_b])
+        torch.autograd.grad(out.sum(), [q, k, *params, out_w, out_b])
     return max(seen)
 
 
 def test_fused_backward_has_no_length_sized_intermediate():
-    """The fused backward allocates no [B, L, H] tensor (its largest is dk [B, L, D]); the
-    chunked recompute that Dice in training takes does, which shows the spy sees the
-    backward's allocations."""
+    """The fused backward allocates no [B, L, H] tensor (its largest is dk [B, L, D]), Dice
+    in training included; the chunked PyTorch backward does, which shows that the spy sees
+    a backward's allocations."""
     limit = 4 * 64 * 24
     assert _largest_backward_tensor(("prelu", "sigmoid"), training=False) < limit
-    assert _largest_backward_tensor(("dice",), training=True) >= limit
+    assert _largest_backward_tensor(("dice", "dice"), training=True) < limit
+    assert _largest_backward_tensor(("dice",), training=True, chunked=True) >= limit

@@ -34,7 +34,7 @@ _PARAM_SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha")
 def default_chunk(batch: int, widest_hidden: int, cuda: bool = False) -> int:
     """Behaviours per chunk: one [B, chunk, H] block near 1M elements (~4 MB fp32, cache-sized)
     on CPU; near 64M elements on CUDA, where each chunk costs kernel launches and memory, not
-    cache, is the limit (the Triton backward recomputes through this function)."""
+    cache, is the limit (backend="torch" on CUDA tensors)."""
     budget = 1 << 26 if cuda else 1 << 20
     return max(8, budget // max(1, batch * widest_hidden))
 

@@ -15,14 +15,11 @@ pre-activations over all valid behaviours: a statistics pass per Dice layer
 running statistics are updated exactly as the reference does. In inference Dice uses the
 running statistics.
 
-Backward: the autograd function saves the inputs, the output and the per-row
-log-sum-exp [B] of the scores (written by the pooling pass with softmax). Sigmoid, ReLU,
-PReLU and Dice in inference use the fused Triton backward
-(``din_attention_backward.py``: one pass per row, the MLP recomputed tile by tile on chip,
-no [B, L, H]). Dice in training, whose batch statistics couple all rows, recomputes the op
-with the chunked PyTorch path (``din_attention_chunked``: exact gradients through the
-statistics, one [B, chunk, H] block alive at a time) and differentiates it.
-``last_backward_path()`` says which ran.
+Backward: the autograd function saves the inputs, the output, the per-row log-sum-exp
+[B] of the scores (written by the pooling pass with softmax) and the Dice batch statistics
+the forward used, and runs the fused Triton backward (``din_attention_backward.py``: one
+pass per row, the MLP recomputed tile by tile on chip, no [B, L, H]; Dice in training adds
+one statistics pass per such layer).
 """
 
 from __future__ import annotations
@@ -36,8 +33,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..reference.din_attention import HiddenLayer
-from ..reference.din_attention_chunked import din_attention_chunked
-from ..validation import KernelInputError, jagged_to_padded
+from ..validation import KernelInputError
 from .common import block_configs, load_tile, pow2, row_extent, row_layout, tile_rows
 
 ACTIVATION_CODES = {"sigmoid": 0, "relu": 1, "prelu": 2, "dice": 3}
@@ -218,8 +214,9 @@ def kernel_weights(query: Tensor, hidden: Sequence[HiddenLayer]) -> dict:
 def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offsets: Optional[Tensor],
              hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor, use_softmax: bool):
     """Run the statistics passes (Dice in training) and the fused pooling pass; returns the
-    pooled output [B, Dv] and the per-row log-sum-exp of the scores [B] (fp32; zeros without
-    softmax or for empty rows)."""
+    pooled output [B, Dv], the per-row log-sum-exp of the scores [B] (fp32; zeros without
+    softmax or for empty rows) and, per layer, the batch statistics (mean [H], rstd [H],
+    count of valid behaviours) of a Dice layer in training, else None."""
     flat_k, starts, lens, _ = row_layout(keys, lengths, offsets)
     flat_v, _, _, _ = row_layout(values, lengths, offsets)
     batch, dim = query.shape
@@ -231,8 +228,9 @@ def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offse
     blocks = dict(w["blocks"], BLOCK_DV=pow2(dim_v, 1))
     out = torch.zeros(batch, dim_v, device=query.device, dtype=query.dtype)
     lse = torch.zeros(batch, **f32)
+    dice_stats = [None] * len(hidden)
     if batch == 0:
-        return out, lse
+        return out, lse, dice_stats
     count = int(lens.sum())
 
     def launch(stage: int, out_buf: Tensor, stat_buf: Tensor) -> None:
@@ -251,16 +249,19 @@ def _forward(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offse
             mean, var = _dice_stats(layer, totals[0], totals[1], count)
             params[i]["m"] = mean.contiguous()
             params[i]["r"] = torch.rsqrt(var + layer.eps).contiguous()
+            dice_stats[i] = (params[i]["m"], params[i]["r"], count)
     launch(0, out, w["dummy"])
-    return out, lse
+    return out, lse, dice_stats
 
 
 class _DinAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, keys, values, lengths, offsets, spec, *tensors):
         hidden, out_weight, out_bias = _unpack(spec, tensors)
-        out, lse = _forward(query, keys, values, lengths, offsets, hidden, out_weight, out_bias, spec["softmax"])
+        out, lse, dice_stats = _forward(query, keys, values, lengths, offsets, hidden, out_weight, out_bias,
+                                        spec["softmax"])
         ctx.spec = spec
+        ctx.dice_stats = dice_stats
         ctx.offsets = offsets
         ctx.save_for_backward(query, keys, values, lengths, out, lse, *tensors)
         return out
@@ -271,50 +272,15 @@ class _DinAttention(torch.autograd.Function):
         spec = ctx.spec
         hidden, out_weight, out_bias = _unpack(spec, tensors)
         # imported here: that module builds on this one's jit helpers
-        from .din_attention_backward import din_attention_backward, fused_backward_supported
-        if not fused_backward_supported(hidden):
-            return _chunked_backward(ctx, dout, query, keys, values, lengths, tensors)
-        _LAST_BACKWARD["path"] = "triton"
+        from .din_attention_backward import din_attention_backward
         dq, dk, dv, layer_grads, d_wo, d_bo = din_attention_backward(
             dout, query, keys, values, lengths, ctx.offsets, out, lse, hidden, out_weight, out_bias,
-            spec["softmax"], spec["alias"])
+            spec["softmax"], spec["alias"], ctx.dice_stats)
         flat: List[Optional[Tensor]] = []
         for grads in layer_grads:
             flat += [grads[s] if s in grads else None for s in _SLOTS]     # running statistics: None
         # aliased values: the value gradient is already inside dk (one tensor, passed twice)
         return (dq, dk, dv, None, None, None, *flat, d_wo, d_bo)
-
-
-def _chunked_backward(ctx, dout, query, keys, values, lengths, tensors):
-    """Dice in training: recompute through the chunked PyTorch function and differentiate it
-    (exact gradients through the batch statistics; one [B, chunk, H] block at a time)."""
-    _LAST_BACKWARD["path"] = "chunked"
-    spec = ctx.spec
-    with torch.enable_grad():
-        inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None and t.is_floating_point() else t
-                  for t in (query, keys, values, *tensors)]
-        q, k, v, *params = inputs
-        hidden, out_weight, out_bias = _unpack(spec, params, recompute=True)
-        kp, vp = k, v
-        if ctx.offsets is not None:
-            kp = jagged_to_padded(k, ctx.offsets, lengths)
-            vp = jagged_to_padded(v, ctx.offsets, lengths)
-        out = din_attention_chunked(q, kp, lengths, hidden, out_weight, out_bias, vp, spec["softmax"])
-        wanted = [(i, x) for i, x in enumerate(inputs) if x is not None and x.requires_grad]
-        grads = torch.autograd.grad(out, [x for _, x in wanted], dout, allow_unused=True)
-    result: List[Optional[Tensor]] = [None] * len(inputs)
-    for (i, _), g in zip(wanted, grads):
-        result[i] = g
-    return (result[0], result[1], result[2], None, None, None, *result[3:])
-
-
-_LAST_BACKWARD = {"path": None}
-
-
-def last_backward_path() -> Optional[str]:
-    """Which backward the most recent op-1 Triton call ran: "triton" (fused kernel) or
-    "chunked" (Dice in training: recomputation through the chunked PyTorch function)."""
-    return _LAST_BACKWARD["path"]
 
 
 _SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha", "running_mean", "running_var")
@@ -328,15 +294,12 @@ def _pack(hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor, u
     return spec, tensors
 
 
-def _unpack(spec, tensors, recompute: bool = False):
+def _unpack(spec, tensors):
     hidden = []
     for i, layer in enumerate(spec["layers"]):
         values = dict(zip(_SLOTS, tensors[i * len(_SLOTS):(i + 1) * len(_SLOTS)]))
-        # running statistics are buffers updated in place: use the live tensors, and never
-        # update them a second time when the backward recomputes the forward
+        # running statistics are buffers updated in place: use the live tensors
         values["running_mean"], values["running_var"] = spec["running"][i]
-        if recompute and layer.training:
-            values["running_mean"] = values["running_var"] = None
         hidden.append(dataclasses.replace(layer, **values))
     return hidden, tensors[-2], tensors[-1]
 

@@ -36,11 +36,15 @@ Atomics would save that small buffer but make weight gradients run-to-run nondet
 All arithmetic is fp32 whatever the input dtype; gradients are returned in each input's
 dtype (dk / dv are written directly in it).
 
-Deliberate limit: Dice in *training* mode normalises with batch statistics, which couple
-every behaviour of the batch (dL/dmean and dL/dvar are sums over all rows, and a first
-Dice layer's term depends on the second's). That case keeps the exact chunked-PyTorch
-recomputation in ``kernels/triton/din_attention.py``; sigmoid, ReLU, PReLU and Dice in
-inference (running statistics) use this kernel (``fused_backward_supported``).
+Dice in *training* normalises with batch statistics (mean, biased var over all valid
+behaviours of the batch), which couple every row: with fixed statistics the kernel gives
+the direct gradient, and the statistics add dL/dx_j += (dL/dmean + 2 dL/dvar (x_j − mean)) / n
+on valid positions, where dL/dmean = Σ_j dL/dy_j ∂y_j/∂mean and likewise for var (∂var/∂mean
+is 0). Those sums need the whole batch's dL/dy at that layer first, so each such layer gets
+a statistics pass (the same kernel with STATG set: recompute, back-propagate to the layer,
+accumulate per-program partials of the two sums, write nothing else), last layer first
+because layer 1's sums see layer 2's statistics term; then the full pass adds the terms
+(EXTRA1 / EXTRA2). Cost: one extra read of keys and values per Dice-in-training layer.
 """
 
 from __future__ import annotations
@@ -57,9 +61,6 @@ from .common import block_configs, interpreted, load_tile, pow2, row_extent, row
 from .din_attention import _activate, _load_mat, _load_vec, kernel_weights
 
 
-def fused_backward_supported(hidden: Sequence[HiddenLayer]) -> bool:
-    """True when the fused backward applies: one or two layers, no Dice in training mode."""
-    return len(hidden) <= 2 and not any(layer.activation == "dice" and layer.training for layer in hidden)
 
 
 @triton.jit
@@ -82,15 +83,42 @@ def _activate_grad(x, dy, KIND: tl.constexpr, param, mean, rstd):
 
 
 @triton.jit
+def _dice_stat_grad(x, dy, alpha, mean, rstd):
+    """Per-element terms [BLOCK_L, H] of dL/dmean and dL/dvar of a Dice layer that uses batch
+    statistics: with z = (x − mean) rstd and rstd = (var + eps)^(−1/2),
+    ∂y/∂mean = −rstd · t and ∂y/∂var = −½ (x − mean) rstd³ · t, t = x (1 − α) p (1 − p)."""
+    p = tl.sigmoid((x - mean[None, :]) * rstd[None, :])
+    t = dy * x * (1.0 - alpha[None, :]) * p * (1.0 - p)
+    r = rstd[None, :]
+    return -t * r, -0.5 * t * (x - mean[None, :]) * r * r * r
+
+
+@triton.jit
+def _stat_extra(x, valid, mean, c_ptr, H, BLOCK_H: tl.constexpr):
+    """Gradient reaching a pre-activation x [BLOCK_L, H] through its layer's batch
+    statistics: (dL/dmean + 2 dL/dvar (x − mean)) / n on valid rows; c_ptr holds
+    [dL/dmean / n, 2 dL/dvar / n] ([2, H])."""
+    c0 = _load_vec(c_ptr, H, BLOCK_H)
+    c1 = _load_vec(c_ptr + H, H, BLOCK_H)
+    return tl.where(valid[:, None], c0[None, :] + c1[None, :] * (x - mean[None, :]), 0.0)
+
+
+@triton.jit
 def _din_bwd_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w2_ptr, b2_ptr, wo_ptr,
                   a1_ptr, m1_ptr, r1_ptr, a2_ptr, m2_ptr, r2_ptr, out_ptr, lse_ptr, dout_ptr,
                   dq_ptr, dk_ptr, dv_ptr, dpt_ptr, gk_ptr, gd_ptr, gw2_ptr, ga1_ptr, gb2_ptr, ga2_ptr, gwo_ptr,
-                  gbo_ptr, bo, B, D, DV, H1, H2,
+                  gbo_ptr, e1_ptr, e2_ptr, sg_ptr, bo, B, D, DV, H1, H2,
                   ACT1: tl.constexpr, ACT2: tl.constexpr, TWO: tl.constexpr, SOFTMAX: tl.constexpr,
-                  ALIAS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  ALIAS: tl.constexpr, EXTRA1: tl.constexpr, EXTRA2: tl.constexpr, STATG: tl.constexpr,
+                  BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                   BLOCK_H1: tl.constexpr, BLOCK_H2: tl.constexpr):
     """Program p: rows p, p + P, ...; per-row dq_local / dpt, per-behaviour dk / dv, and this
-    program's partial weight gradients (full, zero-padded blocks; the host slices them)."""
+    program's partial weight gradients (full, zero-padded blocks; the host slices them).
+
+    Dice in training: EXTRA1 / EXTRA2 add the gradient through layer 1's / 2's batch
+    statistics (coefficients at e1_ptr / e2_ptr). STATG = 1 / 2 is a statistics pass: it
+    only accumulates this program's Σ dL/dmean and Σ dL/dvar of that layer into sg_ptr
+    ([P, 2, BLOCK_H]) and writes nothing else; STATG = 0 is the full pass."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     d = tl.arange(0, BLOCK_D)
@@ -120,6 +148,11 @@ def _din_bwd_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_pt
     gb2 = tl.zeros([BLOCK_H2], tl.float32)
     ga2 = tl.zeros([BLOCK_H2], tl.float32)
     gbo = tl.zeros([], tl.float32)
+    if STATG == 2:
+        sgm = tl.zeros([BLOCK_H2], tl.float32)
+    else:
+        sgm = tl.zeros([BLOCK_H1], tl.float32)
+    sgv = tl.zeros_like(sgm)
     for b in range(pid, B, nprog):
         start, n = row_extent(start_ptr, len_ptr, b)
         q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
@@ -157,39 +190,63 @@ def _din_bwd_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_pt
             gbo += tl.sum(ds, axis=0)
             dh = ds[:, None] * wo[None, :]
             if TWO:
+                if STATG == 2:
+                    gm, gv = _dice_stat_grad(pre2, dh, a2, m2, r2)
+                    sgm += tl.sum(gm, axis=0)
+                    sgv += tl.sum(gv, axis=0)
                 dpre2, da2 = _activate_grad(pre2, dh, ACT2, a2, m2, r2)
+                if EXTRA2:
+                    dpre2 += _stat_extra(pre2, valid, m2, e2_ptr, H2, BLOCK_H2)
                 ga2 += tl.sum(da2, axis=0)
                 gb2 += tl.sum(dpre2, axis=0)
                 gw2 += tl.dot(tl.trans(h1), dpre2, input_precision="ieee")
                 dh = tl.dot(dpre2, tl.trans(w2), input_precision="ieee")
+            if STATG == 1:
+                gm, gv = _dice_stat_grad(pre1, dh, a1, m1, r1)
+                sgm += tl.sum(gm, axis=0)
+                sgv += tl.sum(gv, axis=0)
             dpre1, da1 = _activate_grad(pre1, dh, ACT1, a1, m1, r1)
+            if EXTRA1:
+                dpre1 += _stat_extra(pre1, valid, m1, e1_ptr, H1, BLOCK_H1)
             ga1 += tl.sum(da1, axis=0)
             dpt += tl.sum(dpre1, axis=0)
             grow += tl.dot(tl.trans(k), dpre1, input_precision="ieee")
             dkq = tl.dot(dpre1, tl.trans(wd), input_precision="ieee")     # dL/d(q ⊙ k_j)
             dq += tl.sum(dkq * k, axis=0)
             dk = tl.dot(dpre1, tl.trans(wk), input_precision="ieee") + dkq * q[None, :]
-            if ALIAS:
-                dk += w[:, None] * g[None, :]           # values are the keys: one write
-            else:
-                store_tile(dv_ptr, rows, valid, w[:, None] * g[None, :], DV, BLOCK_DV)
-            store_tile(dk_ptr, rows, valid, dk, D, BLOCK_D)
-        tl.store(dq_ptr + b * D + d, dq, mask=d < D)
-        tl.store(dpt_ptr + b * H1 + c1, dpt, mask=c1 < H1)
+            if STATG == 0:
+                if ALIAS:
+                    dk += w[:, None] * g[None, :]       # values are the keys: one write
+                else:
+                    store_tile(dv_ptr, rows, valid, w[:, None] * g[None, :], DV, BLOCK_DV)
+                store_tile(dk_ptr, rows, valid, dk, D, BLOCK_D)
+        if STATG == 0:
+            tl.store(dq_ptr + b * D + d, dq, mask=d < D)
+            tl.store(dpt_ptr + b * H1 + c1, dpt, mask=c1 < H1)
         gk += grow
         gd += q[:, None] * grow
-    mat1 = d[:, None] * BLOCK_H1 + c1[None, :]
-    tl.store(gk_ptr + pid * BLOCK_D * BLOCK_H1 + mat1, gk)
-    tl.store(gd_ptr + pid * BLOCK_D * BLOCK_H1 + mat1, gd)
-    tl.store(gw2_ptr + pid * BLOCK_H1 * BLOCK_H2 + c1[:, None] * BLOCK_H2 + c2[None, :], gw2)
-    tl.store(ga1_ptr + pid * BLOCK_H1 + c1, ga1)
-    tl.store(gb2_ptr + pid * BLOCK_H2 + c2, gb2)
-    tl.store(ga2_ptr + pid * BLOCK_H2 + c2, ga2)
-    if TWO:
-        tl.store(gwo_ptr + pid * BLOCK_H2 + c2, gwo)
+    if STATG != 0:
+        if STATG == 2:
+            cs = c2
+            blk = BLOCK_H2
+        else:
+            cs = c1
+            blk = BLOCK_H1
+        tl.store(sg_ptr + pid * 2 * blk + cs, sgm)
+        tl.store(sg_ptr + pid * 2 * blk + blk + cs, sgv)
     else:
-        tl.store(gwo_ptr + pid * BLOCK_H1 + c1, gwo)
-    tl.store(gbo_ptr + pid, gbo)
+        mat1 = d[:, None] * BLOCK_H1 + c1[None, :]
+        tl.store(gk_ptr + pid * BLOCK_D * BLOCK_H1 + mat1, gk)
+        tl.store(gd_ptr + pid * BLOCK_D * BLOCK_H1 + mat1, gd)
+        tl.store(gw2_ptr + pid * BLOCK_H1 * BLOCK_H2 + c1[:, None] * BLOCK_H2 + c2[None, :], gw2)
+        tl.store(ga1_ptr + pid * BLOCK_H1 + c1, ga1)
+        tl.store(gb2_ptr + pid * BLOCK_H2 + c2, gb2)
+        tl.store(ga2_ptr + pid * BLOCK_H2 + c2, ga2)
+        if TWO:
+            tl.store(gwo_ptr + pid * BLOCK_H2 + c2, gwo)
+        else:
+            tl.store(gwo_ptr + pid * BLOCK_H1 + c1, gwo)
+        tl.store(gbo_ptr + pid, gbo)
 
 
 # every output is stored (never accumulated), so autotune's repeated launches are harmless
@@ -207,21 +264,24 @@ def _programs(batch: int, device: torch.device) -> int:
 
 def din_attention_backward(dout: Tensor, query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor,
                            offsets: Optional[Tensor], out: Tensor, lse: Tensor, hidden: Sequence[HiddenLayer],
-                           out_weight: Tensor, out_bias: Tensor, use_softmax: bool, alias: bool
+                           out_weight: Tensor, out_bias: Tensor, use_softmax: bool, alias: bool,
+                           dice_stats: Optional[Sequence[Optional[Tuple[Tensor, Tensor, int]]]] = None
                            ) -> Tuple[Tensor, Tensor, Optional[Tensor], List[Dict[str, Optional[Tensor]]], Tensor, Tensor]:
     """Gradients of op 1 from the saved forward.
 
     Args:
         dout: [B, Dv] upstream gradient; query [B, D]; keys / values padded [B, L, D] / [B, L, Dv]
             (with lengths [B]) or jagged [N, D] / [N, Dv] (with offsets [B + 1]); out [B, Dv] and
-            lse [B] from the forward; alias: values are the keys (dv is folded into dk).
+            lse [B] from the forward; alias: values are the keys (dv is folded into dk);
+            dice_stats: per layer, (mean [H], rstd [H], count) of a Dice layer in training as
+            the forward used them (None otherwise).
     Returns:
         (dq [B, D], dk like keys, dv like values or None when alias, per layer
         {"weight", "bias", "prelu_weight", "dice_alpha"} gradients (None where the layer has
         no such tensor), d out_weight [H_last], d out_bias []).
     """
-    if not fused_backward_supported(hidden):
-        raise ValueError("the fused DIN backward covers one or two layers without Dice in training")
+    if len(hidden) > 2:
+        raise ValueError(f"the fused DIN backward covers one or two hidden layers, got {len(hidden)}")
     flat_k, starts, lens, _ = row_layout(keys, lengths, offsets)
     flat_v = flat_k if alias else row_layout(values, lengths, offsets)[0]
     batch, dim = query.shape
@@ -230,6 +290,10 @@ def din_attention_backward(dout: Tensor, query: Tensor, keys: Tensor, values: Te
     f32 = dict(device=dev, dtype=torch.float32)
     w = kernel_weights(query, hidden)
     h1, h2, two, blocks = w["h1"], w["h2"], w["two"], w["blocks"]
+    dice_stats = list(dice_stats or [None] * len(hidden))
+    for i, stats in enumerate(dice_stats):
+        if stats is not None:
+            w["params"][i]["m"], w["params"][i]["r"] = stats[0].float().contiguous(), stats[1].float().contiguous()
     bd, bh1, bh2 = blocks["BLOCK_D"], blocks["BLOCK_H1"], blocks["BLOCK_H2"]
     # aliasing adds w_j g to dk in the kernel: the value tile must have the key tile's width
     blocks = dict(blocks, BLOCK_DV=bd if alias else pow2(dim_v, 1))
@@ -247,13 +311,31 @@ def din_attention_backward(dout: Tensor, query: Tensor, keys: Tensor, values: Te
     gwo = torch.zeros(nprog, bh2 if two else bh1, **f32)
     gbo = torch.zeros(nprog, **f32)
     p1, p2 = w["params"]
-    if batch:
+    extras = [w["dummy"], w["dummy"]]   # [dL/dmean / n, 2 dL/dvar / n] per Dice-in-training layer
+
+    def launch(statg: int, sg: Tensor) -> None:
         _din_bwd_kernel[(nprog,)](
             query.float().contiguous(), flat_k, flat_v, starts, lens, w["pt"], w["wk"], w["wd"], w["w2"], w["b2"],
             out_weight.float().contiguous(), p1["a"], p1["m"], p1["r"], p2["a"], p2["m"], p2["r"],
             out.contiguous(), lse.contiguous(), dout.contiguous(), dq, dk, dv, dpt, gk, gd, gw2, ga1, gb2, ga2,
-            gwo, gbo, float(out_bias), batch, dim, dim_v, h1, h2, SOFTMAX=use_softmax, ALIAS=alias,
+            gwo, gbo, extras[0], extras[1], sg, float(out_bias), batch, dim, dim_v, h1, h2, SOFTMAX=use_softmax,
+            ALIAS=alias, EXTRA1=extras[0] is not w["dummy"], EXTRA2=extras[1] is not w["dummy"], STATG=statg,
             **w["acts"], **blocks)
+
+    if batch:
+        # Dice in training: a statistics pass per such layer, last layer first (layer 1's
+        # dL/dmean, dL/dvar see layer 2's statistics term), then the full pass
+        for i in reversed(range(len(hidden))):
+            if dice_stats[i] is None:
+                continue
+            width, blk = (h1, bh1) if i == 0 else (h2, bh2)
+            sg = torch.zeros(nprog, 2, blk, **f32)
+            launch(i + 1, sg)
+            d_mean, d_var = sg.sum(0)[:, :width]
+            count = dice_stats[i][2]
+            scale = 1.0 / count if count else 0.0     # no valid behaviour: no statistics term
+            extras[i] = torch.cat([d_mean * scale, 2.0 * d_var * scale]).contiguous()
+        launch(0, w["dummy"])
 
     # assemble the weight gradients from [P, ...] partials and [B, H1] per-row terms
     w1 = hidden[0].weight.float()
