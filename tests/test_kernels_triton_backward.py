@@ -181,3 +181,15 @@ def test_fused_backward_has_no_length_sized_intermediate():
     assert _largest_backward_tensor(("prelu", "sigmoid"), training=False) < limit
     assert _largest_backward_tensor(("dice", "dice"), training=True) < limit
     assert _largest_backward_tensor(("dice",), training=True, chunked=True) >= limit
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_backward_realistic_shapes_on_gpu(training, dtype):
+    """B = 64, lengths up to 300, D = 32, MLP [80, 40] PReLU → Dice, jagged, softmax: natively
+    compiled (autotuned block sizes, several rows per program) against the reference."""
+    lengths = torch.randint(0, 300, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    problem = _Problem(lengths, 32, [80, 40], ("prelu", "dice"), dtype, training=training, dim_v=32)
+    _compare(problem, jagged=True, values_mode="separate", softmax=True, dtype=dtype)

@@ -251,7 +251,7 @@ def _din_bwd_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_pt
 
 # every output is stored (never accumulated), so autotune's repeated launches are harmless
 _din_bwd_kernel = triton.autotune(configs=block_configs(blocks=(16, 32, 64), warps=(4, 8)),
-                                  key=["D", "DV", "H1", "H2"])(_din_bwd_body)
+                                  key=["D", "DV", "H1", "H2", "STATG"])(_din_bwd_body)
 
 
 def _programs(batch: int, device: torch.device) -> int:
