@@ -2,7 +2,8 @@
 
 Per history row b (query q [D], behaviours k_j [D], values v_j [Dv], upstream gradient
 g = dL/dpooled_b [Dv]) the kernel walks the row in BLOCK_L tiles, reads each key and value
-tile once, and recomputes the MLP on chip exactly as the forward does (same jit helpers):
+tile once, and recomputes the MLP on chip as the forward does (same weights and activation
+helper, keeping the intermediates):
 
     pre1_j = k_j Wk + (q ⊙ k_j) Wd + pt_b          Wk = Wb − Wc, pt_b = q (Wa + Wc) + b1
     s_j    = MLP(pre1_j),  w_j = s_j (DIN paper) or exp(s_j − lse_b) (softmax)
@@ -61,8 +62,6 @@ from .common import block_configs, interpreted, load_tile, pow2, row_extent, row
 from .din_attention import _activate, _load_mat, _load_vec, kernel_weights
 
 
-
-
 @triton.jit
 def _activate_grad(x, dy, KIND: tl.constexpr, param, mean, rstd):
     """Given pre-activation x and dL/dy [BLOCK_L, H] of y = act(x): dL/dx, and the
@@ -76,7 +75,8 @@ def _activate_grad(x, dy, KIND: tl.constexpr, param, mean, rstd):
         # torch's prelu: slope below and at zero
         return tl.where(x > 0, dy, param[None, :] * dy), tl.where(x > 0, 0.0, x * dy)
     else:
-        # y = x (α + (1 − α) p), p = σ((x − mean) rstd), statistics fixed (inference)
+        # y = x (α + (1 − α) p), p = σ((x − mean) rstd), statistics held fixed here (batch
+        # statistics in training: their share comes from _dice_stat_grad / _stat_extra)
         p = tl.sigmoid((x - mean[None, :]) * rstd[None, :])
         a = param[None, :]
         return dy * (a + (1.0 - a) * (p + x * p * (1.0 - p) * rstd[None, :])), dy * x * (1.0 - p)
@@ -262,6 +262,17 @@ def _programs(batch: int, device: torch.device) -> int:
     return max(1, min(batch, 2))
 
 
+def _layer_grads(layer: HiddenLayer, weight: Tensor, bias: Tensor, slope: Tensor) -> Dict[str, Optional[Tensor]]:
+    """One layer's gradients in its tensors' dtypes; ``slope`` [H] is the gradient of the
+    PReLU slope or the Dice alpha, whichever the activation uses (the other, if present, gets zeros)."""
+    def param(name: str, used: bool) -> Optional[Tensor]:
+        t = getattr(layer, name)
+        return None if t is None else (slope if used else torch.zeros_like(slope)).to(t.dtype)
+    return {"weight": weight.to(layer.weight.dtype), "bias": bias.to(layer.bias.dtype),
+            "prelu_weight": param("prelu_weight", layer.activation == "prelu"),
+            "dice_alpha": param("dice_alpha", layer.activation == "dice")}
+
+
 def din_attention_backward(dout: Tensor, query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor,
                            offsets: Optional[Tensor], out: Tensor, lse: Tensor, hidden: Sequence[HiddenLayer],
                            out_weight: Tensor, out_bias: Tensor, use_softmax: bool, alias: bool,
@@ -349,14 +360,7 @@ def din_attention_backward(dout: Tensor, query: Tensor, keys: Tensor, values: Te
     if two:
         layer_terms.append(dict(weight=gw2.sum(0)[:h1, :h2], bias=gb2.sum(0)[:h2]))
     for layer, terms, ga, width in zip(hidden, layer_terms, (ga1, ga2), (h1, h2)):
-        slope = ga.sum(0)[:width]   # the PReLU slope's or Dice alpha's gradient, whichever is used
-
-        def param_grad(name: str, used: bool) -> Optional[Tensor]:
-            t = getattr(layer, name)
-            return None if t is None else (slope if used else torch.zeros_like(slope)).to(t.dtype)
-        grads.append({"weight": terms["weight"].to(layer.weight.dtype), "bias": terms["bias"].to(layer.bias.dtype),
-                      "prelu_weight": param_grad("prelu_weight", layer.activation == "prelu"),
-                      "dice_alpha": param_grad("dice_alpha", layer.activation == "dice")})
+        grads.append(_layer_grads(layer, terms["weight"], terms["bias"], ga.sum(0)[:width]))
     d_wo = gwo.sum(0)[:h2 if two else h1].to(out_weight.dtype)
     d_bo = gbo.sum().reshape(out_bias.shape).to(out_bias.dtype)
     return (dq.to(query.dtype), dk.reshape(keys.shape), None if alias else dv.reshape(values.shape),
