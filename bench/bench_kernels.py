@@ -166,11 +166,14 @@ def markdown(report) -> str:
              "Peak memory: CUDA max allocated, or on CPU the rise of the process's peak RSS over the inputs "
              "(fresh subprocess per case, after one tiny warm-up call). Rewriting this section "
              "(`--update-docs`) drops the notes below the table.", "",
-             "| B | L | D | method | fwd ms | fwd peak MB | fwd+bwd ms | fwd+bwd peak MB |", "|---|---|---|---|---|---|---|---|"]
+             "Bandwidth: minimal bytes moved by the forward (keys read once, query and output) / forward time.", "",
+             "| B | L | D | method | fwd ms | fwd GB/s | fwd peak MB | fwd+bwd ms | fwd+bwd peak MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         f, fb = row.get("forward", {}), row.get("forward_backward", {})
         cell = lambda d, k: f"{d[k]:.1f}" if k in d else d.get("error", "—")[:60]  # noqa: E731
-        lines.append(f"| {row['B']} | {row['L']} | {row['D']} | {row['method']} | {cell(f, 'time_ms')} | "
+        bandwidth = f"{f['bandwidth_gbps']:.2f}" if "bandwidth_gbps" in f else "—"
+        lines.append(f"| {row['B']} | {row['L']} | {row['D']} | {row['method']} | {cell(f, 'time_ms')} | {bandwidth} | "
                      f"{cell(f, 'peak_memory_mb')} | {cell(fb, 'time_ms')} | {cell(fb, 'peak_memory_mb')} |")
     if report["device"] != "cuda":
         lines += ["", "GPU numbers (Triton kernel, bandwidth against peak, the H100 goals) are unmeasured: "

@@ -251,7 +251,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()}-core CPU box ({cpu}), no GPU, shared with other jobs; torch CPU"
+    return f"{os.cpu_count()}-core CPU box ({cpu}), no GPU; torch CPU"
 
 
 def fmt(stat: dict, digits: int = 4) -> str:
@@ -283,8 +283,8 @@ def benchmarks_section(results: List[dict]) -> str:
              "Training throughput on CPU, same samples and sizes on both sides (see docs/results.md, FuxiCTR peer). "
              "samples/s = training samples / wall time of the training epochs only (validation passes timed and "
              "subtracted on both sides; data loading included; no loader worker processes; the same "
-             "`torch.set_num_threads` on both sides). The machine is a 2-core CPU box shared with other jobs; every "
-             "run was serialised with the other benchmarks (one at a time). Goal: ours ≥ 1.5× FuxiCTR.", "",
+             "`torch.set_num_threads` on both sides). Both libraries run one after the other, one run at a time; "
+             "what else the machine ran is in the status note below. Goal: ours ≥ 1.5× FuxiCTR.", "",
              "| dataset | model | threads | batch | recsys samples/s | FuxiCTR samples/s | speed-up | goal met | date |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
