@@ -161,7 +161,7 @@ def markdown(report) -> str:
     lines = ["## Kernels", "",
              f"DIN activation-unit attention (op 1), attention MLP {list(report['hidden'])} {report['activation']}, "
              f"{report['dtype']}, lengths uniform in (L/2, L]. Device: {report['device']} ({report['device_name']}, "
-             f"{report['cpu_count']}-core CPU box shared with other jobs, torch threads: {report.get('threads', 'default')}), torch {report['torch']}, {report['date']}.",
+             f"{report['cpu_count']} CPU cores, torch threads: {report.get('threads', 'default')}), torch {report['torch']}, {report['date']}.",
              f"Command: `{report['command']}` → `bench/results/kernels_{report['device']}.json`.",
              "Peak memory: CUDA max allocated, or on CPU the rise of the process's peak RSS over the inputs "
              "(fresh subprocess per case, after one tiny warm-up call). Rewriting this section "
