@@ -85,20 +85,11 @@ def _load_mat(ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w2_ptr, b2_ptr, wo_ptr,
-              a1_ptr, m1_ptr, r1_ptr, a2_ptr, m2_ptr, r2_ptr, out_ptr, lse_ptr, stat_ptr, bo, D, DV, H1, H2,
-              ACT1: tl.constexpr, ACT2: tl.constexpr, TWO: tl.constexpr, SOFTMAX: tl.constexpr,
-              STAGE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              BLOCK_H1: tl.constexpr, BLOCK_H2: tl.constexpr):
-    """STAGE 0: pooled output (and, with SOFTMAX, the row's log-sum-exp of the scores, which
-    the fused backward uses to rebuild the weights without another pass);
-    STAGE 1 / 2: per-row Σx and Σx² of layer STAGE's pre-activation."""
-    b = tl.program_id(0)
-    start, n = row_extent(start_ptr, len_ptr, b)
-    d = tl.arange(0, BLOCK_D)
-    dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
-    pt = _load_vec(pt_ptr + b * H1, H1, BLOCK_H1)
+def _load_mlp(wk_ptr, wd_ptr, a1_ptr, m1_ptr, r1_ptr, w2_ptr, b2_ptr, a2_ptr, m2_ptr, r2_ptr, wo_ptr, D, H1, H2,
+              TWO: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H1: tl.constexpr, BLOCK_H2: tl.constexpr):
+    """The attention MLP's weights as the fused forward and backward kernels keep them in
+    registers (zero-padded blocks): wk, wd [BLOCK_D, BLOCK_H1]; per-layer slope/alpha, Dice
+    mean and rstd; w2 [BLOCK_H1, BLOCK_H2], b2; the output weights wo of the last layer."""
     wk = _load_mat(wk_ptr, D, H1, BLOCK_D, BLOCK_H1)
     wd = _load_mat(wd_ptr, D, H1, BLOCK_D, BLOCK_H1)
     a1 = _load_vec(a1_ptr, H1, BLOCK_H1)
@@ -113,6 +104,27 @@ def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w
         wo = _load_vec(wo_ptr, H2, BLOCK_H2)
     else:
         wo = _load_vec(wo_ptr, H1, BLOCK_H1)
+    return wk, wd, a1, m1, r1, w2, b2, a2, m2, r2, wo
+
+
+@triton.jit
+def _din_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w2_ptr, b2_ptr, wo_ptr,
+              a1_ptr, m1_ptr, r1_ptr, a2_ptr, m2_ptr, r2_ptr, out_ptr, lse_ptr, stat_ptr, bo, D, DV, H1, H2,
+              ACT1: tl.constexpr, ACT2: tl.constexpr, TWO: tl.constexpr, SOFTMAX: tl.constexpr,
+              STAGE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              BLOCK_H1: tl.constexpr, BLOCK_H2: tl.constexpr):
+    """STAGE 0: pooled output (and, with SOFTMAX, the row's log-sum-exp of the scores, which
+    the fused backward uses to rebuild the weights without another pass);
+    STAGE 1 / 2: per-row Σx and Σx² of layer STAGE's pre-activation."""
+    b = tl.program_id(0)
+    start, n = row_extent(start_ptr, len_ptr, b)
+    d = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(q_ptr + b * D + d, mask=d < D, other=0.0).to(tl.float32)
+    pt = _load_vec(pt_ptr + b * H1, H1, BLOCK_H1)
+    wk, wd, a1, m1, r1, w2, b2, a2, m2, r2, wo = _load_mlp(
+        wk_ptr, wd_ptr, a1_ptr, m1_ptr, r1_ptr, w2_ptr, b2_ptr, a2_ptr, m2_ptr, r2_ptr, wo_ptr, D, H1, H2,
+        TWO, BLOCK_D, BLOCK_H1, BLOCK_H2)
     m = tl.full([], float("-inf"), tl.float32)
     total = tl.zeros([], tl.float32)
     acc = tl.zeros([BLOCK_DV], tl.float32)

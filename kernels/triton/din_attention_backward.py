@@ -59,7 +59,7 @@ from torch import Tensor
 
 from ..reference.din_attention import HiddenLayer
 from .common import block_configs, interpreted, load_tile, pow2, row_extent, row_layout, store_tile, tile_rows
-from .din_attention import _activate, _load_mat, _load_vec, kernel_weights
+from .din_attention import _activate, _load_mlp, _load_vec, kernel_weights
 
 
 @triton.jit
@@ -125,22 +125,10 @@ def _din_bwd_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_pt
     dv = tl.arange(0, BLOCK_DV)
     c1 = tl.arange(0, BLOCK_H1)
     c2 = tl.arange(0, BLOCK_H2)
-    wk = _load_mat(wk_ptr, D, H1, BLOCK_D, BLOCK_H1)
-    wd = _load_mat(wd_ptr, D, H1, BLOCK_D, BLOCK_H1)
-    a1 = _load_vec(a1_ptr, H1, BLOCK_H1)
-    m1 = _load_vec(m1_ptr, H1, BLOCK_H1)
-    r1 = _load_vec(r1_ptr, H1, BLOCK_H1)
-    w2 = _load_mat(w2_ptr, H1, H2, BLOCK_H1, BLOCK_H2)
-    b2 = _load_vec(b2_ptr, H2, BLOCK_H2)
-    a2 = _load_vec(a2_ptr, H2, BLOCK_H2)
-    m2 = _load_vec(m2_ptr, H2, BLOCK_H2)
-    r2 = _load_vec(r2_ptr, H2, BLOCK_H2)
-    if TWO:
-        wo = _load_vec(wo_ptr, H2, BLOCK_H2)
-        gwo = tl.zeros([BLOCK_H2], tl.float32)
-    else:
-        wo = _load_vec(wo_ptr, H1, BLOCK_H1)
-        gwo = tl.zeros([BLOCK_H1], tl.float32)
+    wk, wd, a1, m1, r1, w2, b2, a2, m2, r2, wo = _load_mlp(
+        wk_ptr, wd_ptr, a1_ptr, m1_ptr, r1_ptr, w2_ptr, b2_ptr, a2_ptr, m2_ptr, r2_ptr, wo_ptr, D, H1, H2,
+        TWO, BLOCK_D, BLOCK_H1, BLOCK_H2)
+    gwo = tl.zeros_like(wo)
     gk = tl.zeros([BLOCK_D, BLOCK_H1], tl.float32)
     gd = tl.zeros([BLOCK_D, BLOCK_H1], tl.float32)
     gw2 = tl.zeros([BLOCK_H1, BLOCK_H2], tl.float32)
