@@ -33,10 +33,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .batch import Batch
+from .dataset import BuiltDataset
 
 DEFAULT_SHUFFLE_BLOCK = 1 << 16          # samples per block when the split is too large for one
 FULL_SHUFFLE_MAX_SAMPLES = 1 << 24       # up to this many samples, a uniform permutation (128 MB)
-from .dataset import BuiltDataset
 
 
 def gather_histories(offsets: np.ndarray, rows: np.ndarray, cuts: np.ndarray, max_length: int):

@@ -45,8 +45,8 @@ def _activate(x: Tensor, kind: str, slope: Optional[Tensor], alpha: Optional[Ten
         return torch.sigmoid(x)
     if kind == "relu":
         return F.relu(x)
-    if kind == "prelu":
-        return torch.where(x >= 0, x, slope * x)
+    if kind == "prelu":   # as the reference: the native op, slope at and below zero
+        return F.prelu(x.reshape(-1, x.shape[-1]), slope.to(x.dtype)).reshape(x.shape)
     if kind == "dice":
         p = torch.sigmoid((x - mean) * torch.rsqrt(var + eps))
         return p * x + (1 - p) * alpha * x
