@@ -104,6 +104,26 @@ def _stat_extra(x, valid, mean, c_ptr, H, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
+def _layer_grad(pre, dh, valid, param, mean, rstd, e_ptr, H, ACT: tl.constexpr, STATS: tl.constexpr,
+                EXTRA: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Backward through one hidden layer's activation, tile [BLOCK_L, H]: (dL/dpre, the tile's
+    Σ of the slope / alpha gradient [H], and with STATS its Σ dL/dmean and Σ dL/dvar [H] for a
+    Dice statistics pass, zeros otherwise). EXTRA adds the gradient through the layer's batch
+    statistics (coefficients at e_ptr)."""
+    if STATS:
+        gm, gv = _dice_stat_grad(pre, dh, param, mean, rstd)
+        tile_m = tl.sum(gm, axis=0)
+        tile_v = tl.sum(gv, axis=0)
+    else:
+        tile_m = tl.zeros([BLOCK_H], tl.float32)
+        tile_v = tl.zeros([BLOCK_H], tl.float32)
+    dpre, dparam = _activate_grad(pre, dh, ACT, param, mean, rstd)
+    if EXTRA:
+        dpre += _stat_extra(pre, valid, mean, e_ptr, H, BLOCK_H)
+    return dpre, tl.sum(dparam, axis=0), tile_m, tile_v
+
+
+@triton.jit
 def _din_bwd_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_ptr, w2_ptr, b2_ptr, wo_ptr,
                   a1_ptr, m1_ptr, r1_ptr, a2_ptr, m2_ptr, r2_ptr, out_ptr, lse_ptr, dout_ptr,
                   dq_ptr, dk_ptr, dv_ptr, dpt_ptr, gk_ptr, gd_ptr, gw2_ptr, ga1_ptr, gb2_ptr, ga2_ptr, gwo_ptr,
@@ -178,25 +198,21 @@ def _din_bwd_body(q_ptr, k_ptr, v_ptr, start_ptr, len_ptr, pt_ptr, wk_ptr, wd_pt
             gbo += tl.sum(ds, axis=0)
             dh = ds[:, None] * wo[None, :]
             if TWO:
+                dpre2, da2, tile_m, tile_v = _layer_grad(pre2, dh, valid, a2, m2, r2, e2_ptr, H2, ACT2, STATG == 2,
+                                                         EXTRA2, BLOCK_H2)
                 if STATG == 2:
-                    gm, gv = _dice_stat_grad(pre2, dh, a2, m2, r2)
-                    sgm += tl.sum(gm, axis=0)
-                    sgv += tl.sum(gv, axis=0)
-                dpre2, da2 = _activate_grad(pre2, dh, ACT2, a2, m2, r2)
-                if EXTRA2:
-                    dpre2 += _stat_extra(pre2, valid, m2, e2_ptr, H2, BLOCK_H2)
-                ga2 += tl.sum(da2, axis=0)
+                    sgm += tile_m
+                    sgv += tile_v
+                ga2 += da2
                 gb2 += tl.sum(dpre2, axis=0)
                 gw2 += tl.dot(tl.trans(h1), dpre2, input_precision="ieee")
                 dh = tl.dot(dpre2, tl.trans(w2), input_precision="ieee")
+            dpre1, da1, tile_m, tile_v = _layer_grad(pre1, dh, valid, a1, m1, r1, e1_ptr, H1, ACT1, STATG == 1, EXTRA1,
+                                                     BLOCK_H1)
             if STATG == 1:
-                gm, gv = _dice_stat_grad(pre1, dh, a1, m1, r1)
-                sgm += tl.sum(gm, axis=0)
-                sgv += tl.sum(gv, axis=0)
-            dpre1, da1 = _activate_grad(pre1, dh, ACT1, a1, m1, r1)
-            if EXTRA1:
-                dpre1 += _stat_extra(pre1, valid, m1, e1_ptr, H1, BLOCK_H1)
-            ga1 += tl.sum(da1, axis=0)
+                sgm += tile_m
+                sgv += tile_v
+            ga1 += da1
             dpt += tl.sum(dpre1, axis=0)
             grow += tl.dot(tl.trans(k), dpre1, input_precision="ieee")
             dkq = tl.dot(dpre1, tl.trans(wd), input_precision="ieee")     # dL/d(q ⊙ k_j)
