@@ -44,7 +44,7 @@ CONFIGS = {
 
 def make_batch(batch_size: int, length: int, gen, form: str):
     import torch
-    from data_pipelines.batch import Batch
+    from recsys.contract import Batch
     n = batch_size * length
     items = (torch.rand(n, generator=gen).pow(3) * (NUM_ITEMS - 2)).long() + 2
     cats = items % (NUM_CATEGORIES - 2) + 2
@@ -60,8 +60,8 @@ def make_batch(batch_size: int, length: int, gen, form: str):
 def child(name: str, length: int, form: str, steps: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
-    from models.base import FeatureSpec
-    from models.dare import DARE
+    from recsys.models.base import FeatureSpec
+    from recsys.models.dare import DARE
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

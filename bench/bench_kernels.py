@@ -40,9 +40,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kernels.din_attention import din_attention  # noqa: E402
-from kernels.reference.din_attention import HiddenLayer, apply_activation, din_attention_padded  # noqa: E402
-from kernels.reference.din_attention_chunked import din_attention_chunked  # noqa: E402
+from recsys.kernels.din_attention import din_attention  # noqa: E402
+from recsys.kernels.reference.din_attention import HiddenLayer, apply_activation, din_attention_padded  # noqa: E402
+from recsys.kernels.reference.din_attention_chunked import din_attention_chunked  # noqa: E402
 
 HIDDEN = (80, 40)      # DIN official code's attention MLP (default; --hidden overrides)
 ACTIVATION = "sigmoid"

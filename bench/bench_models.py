@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_pipelines.batch import Batch
-from models.base import FeatureSpec
-from models.din import DIN
-from models.embedding_mlp import EmbeddingMLP
-from models.finalmlp import FinalMLP
-from models.layers.attention import ActivationUnitAttention
+from recsys.contract import Batch
+from recsys.models.base import FeatureSpec
+from recsys.models.din import DIN
+from recsys.models.embedding_mlp import EmbeddingMLP
+from recsys.models.finalmlp import FinalMLP
+from recsys.models.layers.attention import ActivationUnitAttention
 
 REPO = Path(__file__).resolve().parents[1]
 

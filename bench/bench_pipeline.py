@@ -67,7 +67,7 @@ def _peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------- child stages
 def stage_generate(csv: Path, rows: int, seed: int) -> dict:
-    from data_pipelines.synthetic import generate_userbehavior
+    from recsys.data_pipelines.synthetic import generate_userbehavior
     start = time.perf_counter()
     generate_userbehavior(csv, n_rows=rows, seed=seed)
     wall = time.perf_counter() - start
@@ -76,8 +76,8 @@ def stage_generate(csv: Path, rows: int, seed: int) -> dict:
 
 
 def stage_build(csv: Path, out: Path, partitions: int, workers: int = 1) -> dict:
-    from data_pipelines.build import build_dataset
-    from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig
+    from recsys.data_pipelines.build import build_dataset
+    from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig
     config = DataConfig(output=str(out), source=SourceConfig(format="taobao", paths=[str(csv)]),
                         protocol=ProtocolConfig(name="din", max_length=MAX_LENGTH, validation=True, n_neg=1),
                         partitions=partitions, seed=0)
@@ -97,7 +97,7 @@ def stage_build(csv: Path, out: Path, partitions: int, workers: int = 1) -> dict
 def stage_loader(out: Path, max_samples: int = 0) -> dict:
     import torch
     torch.set_num_threads(1)
-    from data_pipelines.loader import SampleLoader
+    from recsys.data_pipelines.loader import SampleLoader
     loader = SampleLoader(out, "train", BATCH_SIZE, max_length=MAX_LENGTH, form="padded", shuffle=True, seed=0)
     n = 0
     first = None

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
 
 
 def category_share_auc(data: str, split: str) -> tuple[int, float]:

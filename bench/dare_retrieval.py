@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipelines.config import load_data_config
-from data_pipelines.loader import SampleLoader
-from data_pipelines.synthetic import SyntheticConfig, planted_interests
+from recsys.data_pipelines.config import load_data_config
+from recsys.data_pipelines.loader import SampleLoader
+from recsys.data_pipelines.synthetic import SyntheticConfig, planted_interests
 from recsys.runner import load_run
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
-from models.base import FeatureSpec
-from models.dare import DARE
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
+from recsys.models.base import FeatureSpec
+from recsys.models.dare import DARE
 
 MODELS = {   # name: constructor arguments (widths 16 per field, D_R = 48)
     "dare (D_A = D_R = 48)": {"variant": "dare"},

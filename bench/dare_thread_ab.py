@@ -16,10 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
-from models.base import FeatureSpec
-from models.dare import DARE
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
+from recsys.models.base import FeatureSpec
+from recsys.models.dare import DARE
 
 
 def main() -> None:

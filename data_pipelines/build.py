@@ -425,7 +425,7 @@ def _executor(workers: int):
     # forkserver: children do not inherit this process's Arrow thread pools (fork is unsafe
     # with them) and start from an already-imported server rather than a fresh interpreter
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["data_pipelines.build"])
+    ctx.set_forkserver_preload(["recsys.data_pipelines.build"])
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         for _ in range(workers):
             pool.submit(_warm_up)

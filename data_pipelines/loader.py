@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .batch import Batch
+from recsys.contract import Batch
 from .dataset import BuiltDataset
 
 DEFAULT_SHUFFLE_BLOCK = 1 << 16          # samples per block when the split is too large for one
@@ -58,7 +58,7 @@ def gather_histories(offsets: np.ndarray, rows: np.ndarray, cuts: np.ndarray, ma
 
 
 class SampleLoader(IterableDataset):
-    """Iterable of :class:`~data_pipelines.batch.Batch` over one split of a built dataset.
+    """Iterable of :class:`~recsys.contract.Batch` over one split of a built dataset.
 
     Args:
         dataset: a built dataset directory or :class:`BuiltDataset`.

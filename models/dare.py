@@ -69,10 +69,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data_pipelines.batch import Batch
-from kernels.attention_pooling import attention_pooling
-from kernels.reference.topk_attention import PAD_SCORE
-from kernels.topk_attention import topk_target_attention
+from recsys.contract import Batch
+from recsys.kernels.attention_pooling import attention_pooling
+from recsys.kernels.reference.topk_attention import PAD_SCORE
+from recsys.kernels.topk_attention import topk_target_attention
 
 from .base import FeatureSpec, RankingModel, RankingOutput
 from .layers.mlp import MLP

@@ -18,7 +18,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from data_pipelines.batch import Batch
+from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
 from .inputs import embed_batch, embedding_l2

@@ -42,7 +42,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from data_pipelines.batch import Batch
+from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
 from .inputs import embed_batch

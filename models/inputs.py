@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from data_pipelines.batch import Batch
+from recsys.contract import Batch
 
 from .layers.embedding import BehaviorEmbedding
 

@@ -57,7 +57,7 @@ def cmd_quickstart(args) -> None:
 
 
 def cmd_data_generate(args) -> None:
-    from data_pipelines.synthetic import SyntheticConfig, generate_amazon, generate_userbehavior
+    from recsys.data_pipelines.synthetic import SyntheticConfig, generate_amazon, generate_userbehavior
     config = SyntheticConfig(n_rows=args.rows, seed=args.seed, n_items=args.items, n_categories=args.categories,
                              max_events=args.max_events)
     if args.layout == "userbehavior":
@@ -71,7 +71,7 @@ def cmd_data_generate(args) -> None:
 
 
 def cmd_data_build(args) -> None:
-    from data_pipelines.build import build_from_yaml, load_manifest
+    from recsys.data_pipelines.build import build_from_yaml, load_manifest
     out = build_from_yaml(args.config, overwrite=args.overwrite, progress=not args.quiet)
     manifest = load_manifest(out)
     print(f"dataset: {out}\nusers {manifest['users']}, events {manifest['events']}, samples "
@@ -79,7 +79,7 @@ def cmd_data_build(args) -> None:
 
 
 def cmd_data_inspect(args) -> None:
-    from data_pipelines.build import load_manifest
+    from recsys.data_pipelines.build import load_manifest
     manifest = load_manifest(args.dataset)
     manifest.pop("config", None)
     print(json.dumps(manifest, indent=2))
@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)   # before the heavy imports: `--help` answers at once
-    from data_pipelines.rejections import DataError
-    from kernels.validation import KernelInputError
+    from recsys.data_pipelines.rejections import DataError
+    from recsys.kernels.validation import KernelInputError
     from .config import ConfigError
     from .runner import CheckpointError
     from .task import NonFiniteLossError

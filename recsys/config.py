@@ -19,8 +19,8 @@ from typing import Any, Dict, Optional, Union
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
-from models.base import RankingModel
-from models.registry import MODELS  # noqa: F401  (imports every model so short names resolve)
+from recsys.models.base import RankingModel
+from recsys.models.registry import MODELS  # noqa: F401  (imports every model so short names resolve)
 
 
 class ConfigError(ValueError):

@@ -7,8 +7,8 @@ from typing import Optional
 import lightning as L
 from torch.utils.data import DataLoader
 
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
 
 from .config import DataSection
 

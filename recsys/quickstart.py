@@ -13,8 +13,8 @@ from typing import List
 
 import yaml
 
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
 
 from .config import parse_config
 from .report import write_report

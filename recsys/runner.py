@@ -28,10 +28,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_pipelines.build import build_from_yaml
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
-from models.base import FeatureSpec, RankingModel
+from recsys.data_pipelines.build import build_from_yaml
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
+from recsys.models.base import FeatureSpec, RankingModel
 
 from .config import ConfigError, RunConfig, load_config, save_config
 from .datamodule import RankingDataModule
@@ -147,7 +147,7 @@ def export_model(model: RankingModel, config: RunConfig, features: FeatureSpec, 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     (out / "model.json").write_text(json.dumps({
-        "class_path": config.model.class_path, "init_args": config.model_init_args, "features": vars(features),
+        "class_path": config.model.class_path, "init_args": config.model_init_args, "features": features.to_dict(),
     }, indent=2))
 
 
@@ -193,13 +193,25 @@ def load_run(run_dir: Union[str, Path], dataset: Optional[BuiltDataset] = None) 
     dataset = dataset or resolve_dataset(config, progress=False)
     saved = json.loads((run_dir / "model.json").read_text())
     features = feature_spec(dataset, config.data.max_length)
-    if saved["features"] != vars(features):
-        diff = {k: (saved["features"].get(k), v) for k, v in vars(features).items() if saved["features"].get(k) != v}
+    saved_features = FeatureSpec.from_dict(saved["features"], f"{run_dir / 'model.json'}: features")
+    if saved_features != features:
+        diff = _spec_diff(saved_features, features)
         raise CheckpointError(f"{run_dir}: the model was trained on data with different vocabularies "
                               f"(checkpoint, data): {diff}; evaluate it on the dataset it was trained on")
     model = build_model(config, features)
     load_weights(model, run_dir / "model.safetensors")
     return config, model, dataset
+
+
+def _spec_diff(saved: FeatureSpec, current: FeatureSpec) -> dict:
+    """{field: (checkpoint, data)} of the fields that differ (sizes, kinds, presence)."""
+    names = [f.name for f in saved.fields] + [f.name for f in current.fields if f.name not in saved]
+    def desc(spec, name):
+        return (spec[name].kind, spec[name].size) if name in spec else None
+    diff = {n: (desc(saved, n), desc(current, n)) for n in names if desc(saved, n) != desc(current, n)}
+    if saved.max_length != current.max_length:
+        diff["max_length"] = (saved.max_length, current.max_length)
+    return diff
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_pipelines.batch import Batch
-from models.base import RankingModel
+from recsys.contract import Batch
+from recsys.models.base import RankingModel
 
 from .config import OptimizerSection
 from .metrics import ctr_metrics

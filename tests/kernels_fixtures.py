@@ -6,7 +6,7 @@ from typing import List, Sequence
 
 import torch
 
-from kernels.reference.din_attention import HiddenLayer
+from recsys.kernels.reference.din_attention import HiddenLayer
 
 
 def history(lengths: Sequence[int], dim: int, dtype=torch.float32, device="cpu", extra: int = 0, seed: int = 0):

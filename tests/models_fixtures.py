@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 import torch
 
-from data_pipelines.batch import Batch
-from models.base import FeatureSpec
+from recsys.contract import Batch
+from recsys.models.base import FeatureSpec
 
 FEATURES = FeatureSpec(num_users=30, num_items=50, num_categories=9, max_length=6)
 
@@ -34,11 +33,10 @@ def random_batch(batch: int = 8, length: int = 6, seed: int = 0, empty_rows: Seq
 def with_garbage_padding(batch: Batch, item: int = 7, category: int = 3) -> Batch:
     """The same batch with real ids written into every padded position."""
     mask = batch.history_mask()
-    return replace(batch, hist_item=torch.where(mask, batch.hist_item, item),
-                   hist_category=torch.where(mask, batch.hist_category, category))
+    return batch.replace(hist_item=torch.where(mask, batch.hist_item, item),
+                         hist_category=torch.where(mask, batch.hist_category, category))
 
 
 def rows(batch: Batch, start: int, stop: int) -> Batch:
     """Rows ``start:stop`` of a padded batch (training-mode BatchNorm/Dice need at least two)."""
-    return Batch(**{name: (value[start:stop] if isinstance(value, torch.Tensor) else value)
-                    for name, value in batch.__dict__.items()})
+    return batch.slice(start, stop)

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource, load_data_config
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
-from data_pipelines.rejections import DataError
-from data_pipelines.vocab import Vocabulary, build_vocabulary
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource, load_data_config
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
+from recsys.data_pipelines.rejections import DataError
+from recsys.data_pipelines.vocab import Vocabulary, build_vocabulary
 from tests.conftest import shared_dataset
 
 
@@ -177,7 +177,7 @@ def test_truncated_split_column_is_reported(tmp_path):
 
 
 def test_default_shuffle_is_uniform_up_to_the_limit_then_blocks(tmp_path, monkeypatch):
-    import data_pipelines.loader as loader_module
+    import recsys.data_pipelines.loader as loader_module
 
     ds = BuiltDataset(build_dataset(synthetic(tmp_path), progress=False))
     n = ds.split_counts["train"]
@@ -235,7 +235,7 @@ def test_two_worker_build_is_identical_to_the_in_process_build(tmp_path):
 
 
 def test_background_writer_keeps_order_and_raises_a_failed_write():
-    from data_pipelines.build import BackgroundWriter
+    from recsys.data_pipelines.build import BackgroundWriter
     done = []
     io = BackgroundWriter(max_pending=2)
     for i in range(20):

@@ -8,14 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.rejections import DataError, RejectionReport
-from data_pipelines.schema import BEHAVIORS
-from data_pipelines.sources.amazon import read_amazon, read_metadata, read_ratings_csv
-from data_pipelines.sources.movielens import read_movielens
-from data_pipelines.sources.s3rec import item_attributes, read_s3rec
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.rejections import DataError, RejectionReport
+from recsys.data_pipelines.schema import BEHAVIORS
+from recsys.data_pipelines.sources.amazon import read_amazon, read_metadata, read_ratings_csv
+from recsys.data_pipelines.sources.movielens import read_movielens
+from recsys.data_pipelines.sources.s3rec import item_attributes, read_s3rec
 
 
 def read(fn, source, on_error="skip"):
@@ -236,7 +236,7 @@ def test_real_taobao_multibehavior_counts_match_source_md(tmp_path):
 
 
 def test_multibehavior_bad_lines(tmp_path):
-    from data_pipelines.sources.multibehavior import read_multibehavior
+    from recsys.data_pipelines.sources.multibehavior import read_multibehavior
     folder = tmp_path / "taobao"
     folder.mkdir()
     (folder / "view.txt").write_text("1 2\n1 x\n2 3 4\n2 5\n")

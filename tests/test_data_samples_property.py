@@ -5,11 +5,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader, gather_histories
-from data_pipelines.samples import TEST, TRAIN, VALID, NegativeSampler, build_samples
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader, gather_histories
+from recsys.data_pipelines.samples import TEST, TRAIN, VALID, NegativeSampler, build_samples
 
 NUM_ITEMS = 60
 

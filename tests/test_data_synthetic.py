@@ -8,15 +8,15 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
-from data_pipelines.rejections import RejectionReport
-from data_pipelines.sources.amazon import read_amazon
-from data_pipelines.sources.synthetic_source import read_synthetic, synthetic_config
-from data_pipelines.sources.taobao import read_userbehavior
-from data_pipelines.synthetic import SyntheticConfig, generate_amazon, generate_userbehavior, planted_interests
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
+from recsys.data_pipelines.rejections import RejectionReport
+from recsys.data_pipelines.sources.amazon import read_amazon
+from recsys.data_pipelines.sources.synthetic_source import read_synthetic, synthetic_config
+from recsys.data_pipelines.sources.taobao import read_userbehavior
+from recsys.data_pipelines.synthetic import SyntheticConfig, generate_amazon, generate_userbehavior, planted_interests
 
 SMALL = SyntheticSource(n_rows=30_000, n_items=3_000, n_categories=60, mean_events=40.0, seed=5)
 

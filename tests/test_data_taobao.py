@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_pipelines.rejections import DataError, RejectionReport
-from data_pipelines.schema import BEHAVIORS
-from data_pipelines.sources.taobao import read_userbehavior
+from recsys.data_pipelines.rejections import DataError, RejectionReport
+from recsys.data_pipelines.schema import BEHAVIORS
+from recsys.data_pipelines.sources.taobao import read_userbehavior
 from tests.conftest import shared_dataset
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kernels.din_attention import din_attention, last_backend
-from kernels.reference.din_attention import din_attention_padded
-from kernels.reference.din_attention_chunked import din_attention_chunked
+from recsys.kernels.din_attention import din_attention, last_backend
+from recsys.kernels.reference.din_attention import din_attention_padded
+from recsys.kernels.reference.din_attention_chunked import din_attention_chunked
 from tests.kernels_fixtures import PARAM_SLOTS, attention_mlp, gradcheck_case, history
 
 F64 = torch.float64
@@ -96,7 +96,7 @@ def test_chunked_property(lengths, dim, dim_v, widths, acts, training, softmax, 
 
 @pytest.mark.parametrize("threshold", [0, 1 << 30])   # chunked / reference below the size threshold
 def test_dispatcher_torch_is_chunked_and_reference_is_selectable(monkeypatch, threshold):
-    monkeypatch.setattr("kernels.din_attention.CHUNKED_MIN_ELEMENTS", threshold)
+    monkeypatch.setattr("recsys.kernels.din_attention.CHUNKED_MIN_ELEMENTS", threshold)
     keys, lens, keys_j, offsets = history([3, 0, 6], 4)
     query = torch.randn(3, 4)
     layers = attention_mlp(4, [6, 3], ["dice", "sigmoid"], False)

@@ -7,16 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.attention_pooling import attention_pooling
-from kernels.attention_pooling import last_backend as pooling_backend
-from kernels.din_attention import din_attention
-from kernels.din_attention import last_backend as din_backend
-from kernels.reference.attention_pooling import attention_pooling_padded
-from kernels.reference.din_attention import HiddenLayer, apply_activation, din_attention_padded
-from kernels.reference.topk_attention import topk_target_attention_padded
-from kernels.topk_attention import topk_target_attention
-from kernels.topk_attention import last_backend as topk_backend
-from kernels.validation import KernelInputError
+from recsys.kernels.attention_pooling import attention_pooling
+from recsys.kernels.attention_pooling import last_backend as pooling_backend
+from recsys.kernels.din_attention import din_attention
+from recsys.kernels.din_attention import last_backend as din_backend
+from recsys.kernels.reference.attention_pooling import attention_pooling_padded
+from recsys.kernels.reference.din_attention import HiddenLayer, apply_activation, din_attention_padded
+from recsys.kernels.reference.topk_attention import topk_target_attention_padded
+from recsys.kernels.topk_attention import topk_target_attention
+from recsys.kernels.topk_attention import last_backend as topk_backend
+from recsys.kernels.validation import KernelInputError
 from tests.kernels_fixtures import attention_mlp, gradcheck_case, history
 
 F64 = torch.float64

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 pytest.importorskip("triton")
 
-from kernels.attention_pooling import attention_pooling  # noqa: E402
-from kernels.din_attention import din_attention  # noqa: E402
-from kernels.din_attention import last_backend as din_last_backend  # noqa: E402
-from kernels.reference.din_attention import din_attention_padded  # noqa: E402
-from kernels.topk_attention import topk_target_attention  # noqa: E402
+from recsys.kernels.attention_pooling import attention_pooling  # noqa: E402
+from recsys.kernels.din_attention import din_attention  # noqa: E402
+from recsys.kernels.din_attention import last_backend as din_last_backend  # noqa: E402
+from recsys.kernels.reference.din_attention import din_attention_padded  # noqa: E402
+from recsys.kernels.topk_attention import topk_target_attention  # noqa: E402
 from tests.kernels_fixtures import assert_close, attention_mlp, history, leaves  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -193,7 +193,7 @@ def test_realistic_shapes_on_gpu(dtype):
 def test_din_layer_triton_backend_matches_torch(activation):
     """DIN's attention module (models.layers) gives the same output and parameter gradients
     with attention_backend="triton" as with "torch" (training mode: Dice batch statistics)."""
-    from models.layers.attention import ActivationUnitAttention
+    from recsys.models.layers.attention import ActivationUnitAttention
 
     torch.manual_seed(0)
     keys, lens, _, _ = history([0, 1, 19, 33], 6, device=DEVICE)

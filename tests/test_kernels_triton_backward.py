@@ -17,10 +17,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
 
-import kernels.triton.din_attention_backward as triton_din_bwd  # noqa: E402
-from kernels.din_attention import din_attention  # noqa: E402
-from kernels.reference.din_attention import din_attention_padded  # noqa: E402
-from kernels.reference.din_attention_chunked import din_attention_chunked  # noqa: E402
+import recsys.kernels.triton.din_attention_backward as triton_din_bwd  # noqa: E402
+from recsys.kernels.din_attention import din_attention  # noqa: E402
+from recsys.kernels.reference.din_attention import din_attention_padded  # noqa: E402
+from recsys.kernels.reference.din_attention_chunked import din_attention_chunked  # noqa: E402
 from tests.kernels_fixtures import PARAM_SLOTS, assert_close, attention_mlp, history  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.layers.activations import Dice, make_activation
-from models.layers.attention import ActivationUnitAttention
-from models.layers.embedding import BehaviorEmbedding
-from models.layers.mlp import MLP
-from models.layers.pooling import masked_mean, masked_sum
+from recsys.models.layers.activations import Dice, make_activation
+from recsys.models.layers.attention import ActivationUnitAttention
+from recsys.models.layers.embedding import BehaviorEmbedding
+from recsys.models.layers.mlp import MLP
+from recsys.models.layers.pooling import masked_mean, masked_sum
 
 
 def test_mlp_block_hand_computed_with_batch_norm_in_eval():

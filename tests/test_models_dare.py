@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from data_pipelines.batch import Batch
-from models.base import FeatureSpec
-from models.dare import DARE, VARIANTS
+from recsys.contract import Batch
+from recsys.models.base import FeatureSpec
+from recsys.models.dare import DARE, VARIANTS
 
 FEATURES = FeatureSpec(num_users=10, num_items=40, num_categories=6, max_length=24)
 
@@ -240,7 +240,7 @@ def test_trains_on_planted_signal():
 def test_aux_pooling_reuses_stage1_scores_exactly(variant):
     """The aux h_full (padded, soft search) reuses stage-1 scores; it must equal a separate
     softmax attention pooling over the whole history, values and gradients, empty rows → 0."""
-    from kernels.attention_pooling import attention_pooling
+    from recsys.kernels.attention_pooling import attention_pooling
     torch.manual_seed(0)
     model = DARE(FEATURES, variant=variant, top_k=3, attention_backend="torch").train()
     with torch.no_grad():

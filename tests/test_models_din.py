@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_pipelines.batch import Batch
-from kernels.din_attention import din_attention, last_backend
-from models.base import FeatureSpec
-from models.din import DIN
-from models.embedding_mlp import EmbeddingMLP
+from recsys.contract import Batch
+from recsys.kernels.din_attention import din_attention, last_backend
+from recsys.models.base import FeatureSpec
+from recsys.models.din import DIN
+from recsys.models.embedding_mlp import EmbeddingMLP
 from tests.models_fixtures import FEATURES, random_batch, rows, with_garbage_padding
 
 TINY = FeatureSpec(num_users=4, num_items=8, num_categories=6, max_length=2)
@@ -192,7 +191,7 @@ def test_din_padding_invariance_and_layouts_property(batch, length, seed, use_so
         base = model(data).logit
         assert torch.allclose(model(with_garbage_padding(data)).logit, base, atol=1e-6)
         assert torch.allclose(model(data.to_jagged()).logit, base, atol=1e-5)
-        longer = replace(data, hist_item=torch.nn.functional.pad(data.hist_item, (0, 3), value=5),
+        longer = data.replace(hist_item=torch.nn.functional.pad(data.hist_item, (0, 3), value=5),
                          hist_category=torch.nn.functional.pad(data.hist_category, (0, 3), value=2))
         assert torch.allclose(model(longer).logit, base, atol=1e-6), "extra padded columns changed the output"
 
@@ -241,7 +240,7 @@ def test_attention_backends_agree_with_the_dispatcher():
         DIN(FEATURES, attention_backend="cuda")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kernels.triton.din_attention") is None,
+@pytest.mark.skipif(importlib.util.find_spec("recsys.kernels.triton.din_attention") is None,
                     reason="the Triton DIN-attention kernel (kernels/triton/din_attention.py) has not landed")
 @pytest.mark.parametrize("activation, use_softmax, training", [
     ("sigmoid", False, False), ("prelu", True, False), ("dice", False, False), ("dice", True, True)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.finalmlp import FinalMLP
+from recsys.models.finalmlp import FinalMLP
 from tests.models_fixtures import FEATURES, random_batch, with_garbage_padding
 
 

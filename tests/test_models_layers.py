@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipelines.batch import Batch
-from models.base import FeatureSpec
-from models.din import DIN
-from models.embedding_mlp import EmbeddingMLP
-from models.finalmlp import FinalMLP
-from models.layers.activations import Dice
-from models.layers.attention import ActivationUnitAttention
-from models.layers.embedding import BehaviorEmbedding
+from recsys.contract import Batch
+from recsys.models.base import FeatureSpec
+from recsys.models.din import DIN
+from recsys.models.embedding_mlp import EmbeddingMLP
+from recsys.models.finalmlp import FinalMLP
+from recsys.models.layers.activations import Dice
+from recsys.models.layers.attention import ActivationUnitAttention
+from recsys.models.layers.embedding import BehaviorEmbedding
 
 FEATURES = FeatureSpec(num_users=30, num_items=50, num_categories=9, max_length=6)
 
@@ -113,8 +113,8 @@ def test_models_padding_invariance_layouts_and_gradients(make):
     assert not no_grad, f"parameters without gradient: {no_grad}"
     model.eval()
     base = model(batch).logit
-    garbage = Batch(**{**batch.__dict__, "hist_item": torch.where(batch.history_mask(), batch.hist_item, 7),
-                       "hist_category": torch.where(batch.history_mask(), batch.hist_category, 3)})
+    garbage = batch.replace(hist_item=torch.where(batch.history_mask(), batch.hist_item, 7),
+                            hist_category=torch.where(batch.history_mask(), batch.hist_category, 3))
     assert torch.allclose(model(garbage).logit, base, atol=1e-6), "padding positions changed the output"
     assert torch.allclose(model(batch.to_jagged()).logit, base, atol=1e-5), "padded and jagged differ"
 
@@ -147,5 +147,5 @@ def test_bad_switches_are_rejected():
         DIN(FEATURES, attention_activation="gelu")
     with pytest.raises(ValueError, match="gate context"):
         FinalMLP(FEATURES, fs1_context=["age"])
-    with pytest.raises(ValueError, match="num_items must be >= 2"):
+    with pytest.raises(ValueError, match="field .item.: an id field needs size >= 2"):
         FeatureSpec(num_users=5, num_items=1, num_categories=3)

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.loader import SampleLoader
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.data_pipelines.loader import SampleLoader
 from recsys.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -70,7 +70,7 @@ def test_data_generate_build_inspect(built, capsys):
 def _run_config(built, out, **trainer):
     raw = {"name": Path(out).name, "output_dir": str(out), "seed": 0,
            "data": {"path": str(built / "ds"), "batch_size": 128, "eval_batch_size": 1024},
-           "model": {"class_path": "models.din.DIN",
+           "model": {"class_path": "recsys.models.din.DIN",
                      "init_args": {"item_dim": 4, "category_dim": 4, "attention_units": [8], "mlp_units": [8]}},
            "trainer": {"max_epochs": 1, "enable_progress_bar": False, **trainer}}
     path = Path(out).with_suffix(".yaml")

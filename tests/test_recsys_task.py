@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipelines.dataset import BuiltDataset
-from data_pipelines.batch import Batch
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
-from models.base import FeatureSpec, RankingModel, RankingOutput
+from recsys.data_pipelines.dataset import BuiltDataset
+from recsys.contract import Batch
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from recsys.models.base import FeatureSpec, RankingModel, RankingOutput
 from recsys.config import DataSection, OptimizerSection, parse_config
 from recsys.datamodule import RankingDataModule
 from recsys.runner import fit

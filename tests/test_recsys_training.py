@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_pipelines.build import build_dataset
-from data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
+from recsys.data_pipelines.build import build_dataset
+from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
 from recsys.cli import main as cli_main
 from recsys.config import ConfigError, load_config, parse_config
 from recsys.runner import CheckpointError, evaluate, fit, load_run
@@ -140,7 +140,8 @@ def test_corrupted_foreign_and_mismatched_checkpoints_fail_clearly(dataset, tmp_
     config["model"]["init_args"]["item_dim"] = 8
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     saved = json.loads((run / "model.json").read_text())
-    saved["features"]["num_items"] += 5                   # trained on other vocabularies
+    item = next(f for f in saved["features"]["fields"] if f["name"] == "item")
+    item["size"] += 5                                      # trained on other vocabularies
     (run / "model.json").write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match="different vocabularies"):
         load_run(run)

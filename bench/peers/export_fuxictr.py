@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:   # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from data_pipelines.dataset import BuiltDataset  # noqa: E402
-from data_pipelines.loader import SampleLoader  # noqa: E402
+from recsys.data_pipelines.dataset import BuiltDataset  # noqa: E402
+from recsys.data_pipelines.loader import SampleLoader  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 SEQUENCE_SEPARATOR = "^"

@@ -8,8 +8,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from kernels.din_attention import din_attention
-from kernels.reference.din_attention import HiddenLayer
+from recsys.kernels.din_attention import din_attention
+from recsys.kernels.reference.din_attention import HiddenLayer
 
 from .activations import Dice
 
