@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
+from recsys.errors import DataError  # noqa: E402,F401  (re-exported: readers raise it from here)
 
 
 @dataclass

@@ -23,8 +23,7 @@ from recsys.models.base import RankingModel
 from recsys.models.registry import MODELS  # noqa: F401  (imports every model so short names resolve)
 
 
-class ConfigError(ValueError):
-    """A run config is malformed; the message names the file and the key."""
+from recsys.errors import ConfigError  # noqa: E402,F401  (re-exported)
 
 
 @dataclass

@@ -41,8 +41,7 @@ from .task import RankingTask
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
-    """A weights file is missing, corrupted, or does not fit the model/data."""
+from recsys.errors import CheckpointError  # noqa: E402,F401  (re-exported)
 
 
 def resolve_dataset(config: RunConfig, progress: bool = True) -> BuiltDataset:

@@ -16,8 +16,7 @@ from .config import OptimizerSection
 from .metrics import ctr_metrics
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step and batch."""
+from recsys.errors import NonFiniteLossError  # noqa: E402,F401  (re-exported)
 
 
 class RankingTask(L.LightningModule):

@@ -5,6 +5,7 @@ the editable install (what the README uses) is checked from a directory outside 
 checkout, where the repository's own folders are not on ``sys.path``.
 """
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,7 +20,15 @@ GENERIC = ("models", "kernels", "data_pipelines", "serving")
 
 @pytest.mark.slow
 def test_wheel_has_only_the_recsys_top_level_name(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+    # build from a copy: setuptools writes build/ beside the sources, which must not race
+    # with other test processes or leave files in the checkout
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("recsys", "data_pipelines", "models", "kernels", "serving"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
     wheel = next(tmp_path.glob("recsys-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
