@@ -75,6 +75,7 @@ from recsys.kernels.reference.topk_attention import PAD_SCORE
 from recsys.kernels.topk_attention import topk_target_attention
 
 from .base import FeatureSpec, RankingModel, RankingOutput
+from .registry import register
 from .layers.mlp import MLP
 
 VARIANTS = ("dare", "twin", "twin_4e", "projection", "din_topk")
@@ -127,6 +128,7 @@ def _prediction_head(in_dim: int, units: List[int]) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm1d(in_dim), MLP(in_dim, units, "prelu", output_dim=1))
 
 
+@register
 class DARE(RankingModel):
     """DARE and its baselines (see the module docstring).
 

@@ -53,12 +53,14 @@ from torch import Tensor, nn
 from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
+from .registry import register
 from .inputs import embed_batch, embedding_l2
 from .layers.attention import ActivationUnitAttention
 from .layers.embedding import BehaviorEmbedding
 from .layers.mlp import MLP
 
 
+@register
 class DIN(RankingModel):
     """Deep Interest Network (see module docstring).
 

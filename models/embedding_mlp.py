@@ -21,11 +21,13 @@ from torch import Tensor
 from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
+from .registry import register
 from .inputs import embed_batch, embedding_l2
 from .layers.embedding import BehaviorEmbedding
 from .layers.mlp import MLP
 
 
+@register
 class EmbeddingMLP(RankingModel):
     """Pooled-history baseline (see module docstring).
 

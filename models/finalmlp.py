@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
+from .registry import register
 from .inputs import embed_batch
 from .layers.attention import ActivationUnitAttention
 from .layers.embedding import BehaviorEmbedding
@@ -103,6 +104,7 @@ class BilinearFusion(nn.Module):
         return self.linear1(o1).squeeze(-1) + self.linear2(o2).squeeze(-1) + bilinear
 
 
+@register
 class FinalMLP(RankingModel):
     """FinalMLP / DualMLP (see module docstring).
 

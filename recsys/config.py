@@ -20,7 +20,8 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 
 from recsys.models.base import RankingModel
-from recsys.models.registry import MODELS  # noqa: F401  (imports every model so short names resolve)
+import recsys.models  # noqa: F401  (imports every model module, which registers itself)
+from recsys.models.registry import MODELS
 
 
 from recsys.errors import ConfigError  # noqa: E402,F401  (re-exported)
