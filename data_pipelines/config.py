@@ -14,8 +14,18 @@ from typing import Any, List, Optional
 
 import yaml
 
+from recsys.errors import ConfigError
+
 SOURCE_FORMATS = ("taobao", "synthetic", "s3rec", "movielens", "amazon", "ratings_csv", "multibehavior")
 PROTOCOLS = ("din", "dare", "loo", "users")
+# the field contract (recsys.contract, which imports torch: repeated here so a build does not)
+FIELD_KINDS = ("id", "ids", "number", "dense")
+FIELD_OWNERS = ("event", "item", "user", "context")
+CORE_FIELDS = ("user", "item", "category", "behavior")
+# context fields are derived from the target step's event, not read from a column
+CONTEXT_COLUMNS = ("hour", "weekday", "behavior")
+# sources whose timestamps are positions or stages, not times: no hour / weekday
+SOURCES_WITHOUT_TIME = ("s3rec", "multibehavior")
 
 
 @dataclass
@@ -79,6 +89,62 @@ class ProtocolConfig:
 
 
 @dataclass
+class FieldConfig:
+    """One declared side field (the core fields user, item, category, behavior always exist).
+
+    name: the field's name in batches, side tables and the manifest.
+    kind: id | ids (multi-valued) | number | dense (a float vector).
+    owner: item | user (side tables, one row per id) | context (per sample, derived from
+        the target step's event: ``column`` hour, weekday or behavior).
+    column: the source column it is read from (default: ``name``); for context fields one
+        of hour, weekday, behavior.
+    table: the vocabulary / embedding table of an id or ids field (default: its own name);
+        fields naming the same table share one vocabulary; naming a core table
+        (item, category, user) encodes with that core vocabulary.
+    min_count: values seen on fewer side-table rows map to 1 (unknown).
+    frozen: dense content vectors that are never trained.
+    width: dense fields: the expected vector width (0 = take it from the data).
+    """
+
+    name: str
+    kind: str
+    owner: str
+    column: str = ""
+    table: str = ""
+    min_count: int = 1
+    frozen: bool = False
+    width: int = 0
+
+    def __post_init__(self) -> None:
+        where = f"field {self.name!r}"
+        if not self.name:
+            raise ValueError("fields: a field needs a name")
+        if self.name in CORE_FIELDS:
+            raise ValueError(f"{where}: is a core field (always present); declare only side fields")
+        if self.kind not in FIELD_KINDS:
+            raise ValueError(f"{where}: kind must be one of {FIELD_KINDS}, got {self.kind!r}")
+        if self.owner not in FIELD_OWNERS:
+            raise ValueError(f"{where}: owner must be one of {FIELD_OWNERS}, got {self.owner!r}")
+        if self.owner == "event":
+            raise ValueError(f"{where}: per-behaviour side fields are not supported; item attributes of history "
+                             "behaviours are owner: item (looked up through the history's item ids)")
+        if self.owner == "context":
+            if self.kind != "id":
+                raise ValueError(f"{where}: context fields are ids (kind: id), got {self.kind!r}")
+            if (self.column or self.name) not in CONTEXT_COLUMNS:
+                raise ValueError(f"{where}: a context field's column must be one of {CONTEXT_COLUMNS}, "
+                                 f"got {self.column or self.name!r}")
+        if self.frozen and self.kind != "dense":
+            raise ValueError(f"{where}: only dense fields can be frozen")
+        if self.min_count < 1 or self.width < 0:
+            raise ValueError(f"{where}: min_count must be >= 1 and width >= 0")
+        if not self.column:
+            self.column = self.name
+        if not self.table and self.kind in ("id", "ids"):
+            self.table = "behavior" if self.owner == "context" and self.column == "behavior" else self.name
+
+
+@dataclass
 class DataConfig:
     output: str
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -89,12 +155,21 @@ class DataConfig:
     on_error: str = "skip"         # skip | raise
     max_reject_rate: float = 0.01
     block_size_mb: int = 64
+    fields: List[FieldConfig] = field(default_factory=list)   # side fields (see FieldConfig)
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
         if self.partitions < 1 or self.min_count < 1:
             raise ValueError("partitions and min_count must be >= 1")
+        names = [f.name for f in self.fields]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"fields: duplicate name(s) {duplicates}")
+        for f in self.fields:
+            if f.owner == "context" and f.column in ("hour", "weekday") and self.source.format in SOURCES_WITHOUT_TIME:
+                raise ValueError(f"field {f.name!r}: source format {self.source.format!r} has positions, not "
+                                 f"times, as timestamps, so it has no {f.column}")
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -137,13 +212,26 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 
 def load_data_config(path: Path) -> DataConfig:
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    """Load a data config; every mistake in it (missing file, bad YAML, unknown key, wrong
+    type or value) is a one-line ``ConfigError`` naming the file and the key."""
+    if not Path(path).is_file():
+        raise ConfigError(f"data config {path} does not exist")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     try:
         return from_dict(DataConfig, raw)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc   # KeyError's str() quotes
+        raise ConfigError(f"{path}: {message}") from None
 
 
 def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
+    """Plain dict of a config. An empty ``fields`` list is left out, so the reuse key of a
+    build made before side fields existed still matches the same config today."""
+    d = dataclasses.asdict(config)
+    if isinstance(config, DataConfig) and not config.fields:
+        d.pop("fields")
+    return d

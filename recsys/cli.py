@@ -58,8 +58,12 @@ def cmd_quickstart(args) -> None:
 
 def cmd_data_generate(args) -> None:
     from recsys.data_pipelines.synthetic import SyntheticConfig, generate_amazon, generate_userbehavior
-    config = SyntheticConfig(n_rows=args.rows, seed=args.seed, n_items=args.items, n_categories=args.categories,
-                             max_events=args.max_events)
+    from recsys.errors import ConfigError
+    try:
+        config = SyntheticConfig(n_rows=args.rows, seed=args.seed, n_items=args.items, n_categories=args.categories,
+                                 max_events=args.max_events)
+    except ValueError as exc:   # impossible settings (more categories than items, ...)
+        raise ConfigError(f"recsys data generate: {exc}") from None
     if args.layout == "userbehavior":
         path = generate_userbehavior(Path(args.out), args.rows, config=config, progress=True)
         print(f"wrote {args.rows} rows to {path}")
@@ -157,22 +161,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)   # before the heavy imports: `--help` answers at once
-    from recsys.data_pipelines.rejections import DataError
-    from recsys.kernels.validation import KernelInputError
-    from .config import ConfigError
-    from .runner import CheckpointError
-    from .task import NonFiniteLossError
+def _user_errors() -> tuple:
+    """The exception classes printed as one line: every ``RecsysError``, plus the kernels'
+    input error when the kernels were imported (importing them here would pull in torch).
+    File-not-found/-exists are user mistakes too; a ``KeyError`` or anything else is a bug
+    and keeps its traceback."""
+    from recsys.errors import RecsysError
+    errors = [RecsysError, FileNotFoundError, FileExistsError]
+    validation = sys.modules.get("recsys.kernels.validation")
+    if validation is not None:
+        errors.append(validation.KernelInputError)
+    return tuple(errors)
 
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)   # before any heavy import: `--help` answers at once
     if getattr(args, "quiet", False):
         import logging
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, DataError, KernelInputError, NonFiniteLossError, FileNotFoundError,
-            FileExistsError, KeyError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

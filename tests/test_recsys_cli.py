@@ -127,3 +127,65 @@ def test_evaluate_and_report_refuse_what_is_not_a_run(tmp_path, capsys):
     assert "not a finished run" in capsys.readouterr().err
     assert cli_main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+HEAVY = ("torch", "lightning")
+
+
+def _modules_after(argv: list) -> "tuple[int, list]":
+    """Run ``recsys argv`` in a fresh interpreter; (exit code, heavy top-level modules it imported)."""
+    import subprocess
+    import sys
+    code = ("import sys; from recsys.cli import main; rc = main(sys.argv[1:]); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
+
+
+def test_data_commands_import_neither_torch_nor_lightning(built, tmp_path):
+    rc, heavy = _modules_after(["data", "inspect", str(built / "ds")])
+    assert rc == 0 and heavy == "[]", heavy
+    config = yaml.safe_load((built / "data.yaml").read_text())
+    config["output"] = str(tmp_path / "ds2")
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(config))
+    rc, heavy = _modules_after(["data", "build", str(tmp_path / "data.yaml"), "--quiet"])
+    assert rc == 0 and heavy == "[]", heavy
+    rc, heavy = _modules_after(["data", "generate", str(tmp_path / "g.csv"), "--rows", "500", "--items", "50",
+                                 "--categories", "5"])
+    assert rc == 0 and heavy == "[]", heavy
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["protocol"].update(nmae="din"), "protocol: unknown key(s) ['nmae']"),
+    (lambda c: c["protocol"].update(max_length="long"), "protocol.max_length: expected int"),
+    (lambda c: c["protocol"].update(name="dinn"), "protocol.name must be one of"),
+])
+def test_data_config_mistakes_exit_2_with_one_line(built, tmp_path, capsys, edit, message):
+    config = yaml.safe_load((built / "data.yaml").read_text())
+    config["output"] = str(tmp_path / "ds")
+    edit(config)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    assert cli_main(["data", "build", str(tmp_path / "bad.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'bad.yaml'}: ") and message in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "ds").exists()
+    (tmp_path / "broken.yaml").write_text("protocol: [unclosed")
+    assert cli_main(["data", "build", str(tmp_path / "broken.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_a_programming_error_keeps_its_traceback(built, monkeypatch):
+    """A KeyError (or any non-RecsysError) is a bug: it propagates instead of becoming one line."""
+    import recsys.data_pipelines.build as build
+
+    def broken(path):
+        return {}["users"]
+    monkeypatch.setattr(build, "load_manifest", broken)
+    with pytest.raises(KeyError, match="users"):
+        cli_main(["data", "inspect", str(built / "ds")])
+
+
+def test_impossible_generator_settings_exit_2(tmp_path, capsys):
+    assert cli_main(["data", "generate", str(tmp_path / "g.csv"), "--rows", "100", "--items", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "n_items >= n_categories" in err and len(err.splitlines()) == 1
