@@ -45,7 +45,8 @@ from .columns import SAMPLE_COLUMNS, NpyAppender, SplitColumnWriter
 from .config import DataConfig, load_data_config, to_dict
 from .rejections import DataError, RejectionReport
 from .samples import SPLITS, NegativeSampler, build_samples
-from .schema import BEHAVIORS, NUM_BEHAVIORS
+from .schema import BEHAVIORS, NUM_BEHAVIORS, check_events
+from .side_tables import ContextCounter, SideTableWriter, context_field_dicts, core_field_dicts, vocabulary_fingerprint
 from .timelines import build_timelines
 from .vocab import UNKNOWN_ID, VocabCounter, Vocabulary, stable_hash
 
@@ -80,6 +81,43 @@ def read_source(config: DataConfig, report: RejectionReport) -> Iterator[pa.Tabl
         yield from read_multibehavior(source, report)
     else:  # config validation makes this unreachable
         raise ValueError(source.format)
+
+
+def read_side_tables(config: DataConfig, report: RejectionReport) -> "tuple[dict, dict]":
+    """({"item": table or None, "user": table or None}, {owner: where it came from}) of the
+    configured source, read only when a field of that owner is declared."""
+    source = config.source
+    owners = {f.owner for f in config.fields}
+    tables: dict = {}
+    where = {owner: f"the {source.format} source {source.paths}" for owner in ("item", "user")}
+    side_files = {"movielens": {"item": (".item", "movies.csv"), "user": (".user",)},
+                  "s3rec": {"item": ("item2attributes",)}, "amazon": {"item": ("meta",)}}
+    for owner in ("item", "user"):
+        if owner not in owners or getattr(source, f"{owner}_file"):
+            continue
+        hints = side_files.get(source.format, {}).get(owner)
+        if hints is None:
+            continue
+        files = [p for p in source.paths if any(h in Path(p).name for h in hints)]
+        if files:
+            where[owner] = files[0]
+        if source.format == "movielens":
+            from .sources import movielens
+            tables[owner] = movielens.item_side_table(source) if owner == "item" else \
+                movielens.user_side_table(source, report)
+        elif source.format == "s3rec":
+            from .sources.s3rec import item_side_table
+            tables[owner] = item_side_table(source)
+        else:
+            from .sources.amazon import item_side_table
+            tables[owner] = item_side_table(source)
+    for owner, path in (("item", source.item_file), ("user", source.user_file)):
+        if path and owner in owners:
+            if not Path(path).is_file():
+                raise DataError(f"source.{owner}_file {path} does not exist")
+            tables[owner] = pq.read_table(path)
+            where[owner] = str(path)
+    return tables, where
 
 
 def build_from_yaml(path: Union[str, Path], overwrite: bool = False, progress: bool = True) -> Path:
@@ -181,8 +219,11 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     writers: list = [None] * P
     n_events = 0
     has_label = False
+    context = ContextCounter(config.fields)
+    where = f"the {config.source.format} reader ({config.source.paths or 'generated'})"
     bar = tqdm(desc="pass 1: read + partition", unit="rows", unit_scale=True, disable=not progress)
     for table in read_source(config, report):
+        table = check_events(table, where)
         if keep_codes is not None:
             keep = pc.is_in(table.column("behavior"), pa.array(keep_codes, pa.int8()))
             before = table.num_rows
@@ -193,6 +234,7 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         has_label = has_label or "label" in table.column_names
         for name, counter in counters.items():
             counter.update(table.column(name))
+        context.update(table.column("timestamp"))
         pairs.append(table.select(["item", "category"]).group_by(["item", "category"]).aggregate([]))
         part = stable_hash(table.column("user").combine_chunks(), P)
         order = np.argsort(part, kind="stable")
@@ -220,6 +262,7 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         vocab.save(tmp / "vocab" / f"{name}.parquet")
     item_category, conflicts = _item_categories(pa.concat_tables(pairs), vocabs)
     np.save(tmp / "item_category.npy", item_category)
+    side_fields = _write_side_fields(config, vocabs, context, report, tmp)
     # timeline rows per partition are known now (one per user hashing there), so every
     # partition's global row numbers are too and partitions can be built independently
     users_per_partition = np.bincount(stable_hash(vocabs["user"].raw, P), minlength=P)
@@ -261,6 +304,11 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         "has_labels": has_label,
         "vocab_sizes": {"user": vocabs["user"].size, "item": vocabs["item"].size,
                         "category": vocabs["category"].size, "behavior": NUM_BEHAVIORS},
+        "fields": core_field_dicts({"user": vocabs["user"].size, "item": vocabs["item"].size,
+                                    "category": vocabs["category"].size, "behavior": NUM_BEHAVIORS}) + side_fields,
+        "context_columns": {f.name: f.column for f in config.fields if f.owner == "context"},
+        "side_tables": {owner: {"rows": vocabs[owner].size, "vocabulary_sha256": vocabulary_fingerprint(vocabs[owner])}
+                        for owner in ("item", "user") if any(f.owner == owner for f in config.fields)},
         "rare_mapped_to_unknown": {name: {"values": v.rare_values, "occurrences": v.rare_count}
                                    for name, v in vocabs.items()},
         "items_with_several_categories": conflicts,
@@ -273,6 +321,22 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         "split_users": split_users,
         "rejections": report.to_dict(),
     }
+
+
+def _write_side_fields(config: DataConfig, vocabs: dict, context: ContextCounter, report: RejectionReport,
+                       tmp: Path) -> list:
+    """Side tables, side vocabularies and context vocabularies; returns the side fields'
+    manifest dicts in config order."""
+    if not config.fields:
+        return []
+    tables, where = read_side_tables(config, report)
+    specs = {d["name"]: d for d in SideTableWriter(config, tables, where, vocabs, report, tmp).write()}
+    specs.update({d["name"]: d for d in context_field_dicts(config)})
+    context_vocabs = context.vocabularies()
+    for f in config.fields:
+        if f.owner == "context" and f.column in context_vocabs:
+            context_vocabs[f.column].save(tmp / "vocab" / f"{f.table}.parquet")
+    return [specs[f.name] for f in config.fields]
 
 
 def _merge_partitions(pool, jobs, write, users_per_partition, tmp, flat_writer, split_columns,

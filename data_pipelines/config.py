@@ -56,6 +56,10 @@ class SourceConfig:
     rating_threshold: float = 4.0
     # S3-Rec: which attribute of an item is its category ("first" or "last")
     category_attribute: str = "first"
+    # side tables from any Parquet file keyed by the raw id (first column ``item`` / ``user``),
+    # for sources whose reader has none (Taobao, synthetic) or to add columns to none
+    item_file: str = ""
+    user_file: str = ""
 
     def __post_init__(self) -> None:
         if self.format not in SOURCE_FORMATS:

@@ -26,14 +26,16 @@ no rank waits on another that ran out of data. A single process always sees ever
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from recsys.contract import Batch
+from recsys.contract import CORE_FIELDS, Batch, Jagged
+from recsys.errors import ConfigError
 from .dataset import BuiltDataset
+from .side_tables import context_ids
 
 DEFAULT_SHUFFLE_BLOCK = 1 << 16          # samples per block when the split is too large for one
 FULL_SHUFFLE_MAX_SAMPLES = 1 << 24       # up to this many samples, a uniform permutation (128 MB)
@@ -73,6 +75,14 @@ class SampleLoader(IterableDataset):
         shuffle_block: samples per shuffle block; None = the whole split up to
             ``FULL_SHUFFLE_MAX_SAMPLES`` samples, else ``DEFAULT_SHUFFLE_BLOCK`` (see the
             module docstring).
+        fields: the side fields a run uses (None = none: today's batch). User-owned
+            fields go to ``batch.profile[name]``, gathered from the user side table by the
+            sample's user id (id → [B] int64, number → [B] float32, dense → [B, d]
+            float32, ids → :class:`~recsys.contract.Jagged`); context fields go to
+            ``batch.context[name]`` ([B] int64 ids of the target step's event: the
+            timeline event at the sample's cut, which a negative shares with its
+            positive). Item-owned fields are accepted but not put in batches (models look
+            them up by item id). Core names are accepted and ignored.
 
     Use ``DataLoader(loader, batch_size=None, num_workers=k)``; call ``set_epoch`` before
     each epoch when shuffling (the Lightning data module does).
@@ -81,7 +91,7 @@ class SampleLoader(IterableDataset):
     def __init__(self, dataset: Union[str, BuiltDataset], split: str, batch_size: int,
                  max_length: Optional[int] = None, form: str = "padded", shuffle: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = False, with_timestamps: bool = False,
-                 shuffle_block: Optional[int] = None) -> None:
+                 shuffle_block: Optional[int] = None, fields: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         if form not in ("padded", "jagged"):
             raise ValueError(f"form must be 'padded' or 'jagged', got {form!r}")
@@ -109,6 +119,36 @@ class SampleLoader(IterableDataset):
         self.shuffle_block = shuffle_block
         self._flat = None
         self._block_cache: dict = {}
+        self.fields = self._resolve_fields(fields)
+        self._side: Optional[Dict[str, object]] = None
+
+    def _resolve_fields(self, names: Optional[Sequence[str]]) -> List[dict]:
+        """The manifest specs of the named side fields that go into batches (user, context)."""
+        if names is None:
+            return []
+        if isinstance(names, str):
+            raise ConfigError(f"fields must be a list of field names, got the string {names!r}")
+        available = {f["name"]: f for f in self.dataset.fields}
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            side = [n for n in available if n not in CORE_FIELDS]
+            raise ConfigError(f"field(s) {unknown} are not in the dataset at {self.dataset.path}; "
+                              f"available side fields: {side}")
+        return [available[n] for n in dict.fromkeys(names)
+                if n not in CORE_FIELDS and available[n]["owner"] in ("user", "context")]
+
+    def _side_arrays(self) -> Dict[str, object]:
+        if self._side is None:   # opened lazily, once per worker process (memory-mapped)
+            side: Dict[str, object] = {}
+            for spec in self.fields:
+                if spec["owner"] == "user":
+                    side[spec["name"]] = (self.dataset.side_jagged(spec["name"]) if spec["kind"] == "ids"
+                                          else self.dataset.side_table(spec["name"]))
+            if any(spec["owner"] == "context" for spec in self.fields):
+                side["_timestamp"] = self.dataset.flat("timestamp")
+                side["_behavior"] = self.dataset.flat("behavior")
+            self._side = side
+        return self._side
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -207,6 +247,7 @@ class SampleLoader(IterableDataset):
         offsets = None
         if self.form == "jagged":
             offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        profile, context = self._side_fields(cols, flat["offsets"]) if self.fields else ({}, {})
         return Batch(
             user=torch.from_numpy(cols["user"].astype(np.int64)),
             target_item=torch.from_numpy(cols["target_item"].astype(np.int64)),
@@ -219,4 +260,36 @@ class SampleLoader(IterableDataset):
             hist_timestamp=hist.get("timestamp"),
             offsets=offsets,
             sample_index=torch.from_numpy(index.astype(np.int64)),
+            profile=profile,
+            context=context,
         )
+
+    def _side_fields(self, cols: dict, offsets: np.ndarray) -> "tuple[dict, dict]":
+        """(profile, context) of one batch: B-row gathers from the side tables and from the
+        target steps' events."""
+        side = self._side_arrays()
+        profile, context = {}, {}
+        users = cols["user"]
+        target_event = None
+        for spec in self.fields:
+            name = spec["name"]
+            if spec["owner"] == "user":
+                if spec["kind"] == "ids":
+                    values, value_offsets = side[name]
+                    starts, stops = value_offsets[users], value_offsets[users + 1]
+                    counts = stops - starts
+                    out_offsets = np.zeros(len(users) + 1, np.int64)
+                    np.cumsum(counts, out=out_offsets[1:])
+                    positions = np.arange(out_offsets[-1]) - np.repeat(out_offsets[:-1] - starts, counts)
+                    profile[name] = Jagged(torch.from_numpy(np.asarray(values)[positions].astype(np.int64)),
+                                           torch.from_numpy(out_offsets))
+                else:
+                    profile[name] = torch.from_numpy(np.ascontiguousarray(side[name][users]))
+            else:
+                if target_event is None:
+                    # the target step's event: a positive's own, which its negatives share (same cut)
+                    target_event = offsets[cols["row"]] + cols["cut"].astype(np.int64)
+                ids = context_ids(self.dataset.context_column(name), side["_timestamp"][target_event],
+                                  side["_behavior"][target_event])
+                context[name] = torch.from_numpy(ids)
+        return profile, context

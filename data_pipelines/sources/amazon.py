@@ -9,6 +9,10 @@
 * Ratings-only CSV (``user,item,rating,timestamp``, no header).
 
 Ids stay strings (reviewerID, asin); the vocabularies map them to dense ids.
+
+Item side table (:func:`item_side_table`): ``item, categories`` (every category of every
+path, first occurrence order, list<string>), ``brand``, ``price`` (float64; a missing or
+unparsable price is null) and ``title``, where the metadata has them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +35,56 @@ from .text_lines import iter_lines
 def read_metadata(path: Path, report: RejectionReport) -> Dict[str, str]:
     """asin → category (last element of the last category path)."""
     out: Dict[str, str] = {}
+    for record in _metadata_records(path, report):
+        paths = record.get("categories")
+        if isinstance(paths, list) and paths and isinstance(paths[-1], list) and paths[-1]:
+            out[str(record["asin"])] = str(paths[-1][-1])
+        elif isinstance(record.get("category"), list) and record["category"]:
+            out[str(record["asin"])] = str(record["category"][-1])
+    return out
+
+
+def _price(value) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lstrip("$").replace(",", "")
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
+
+
+def item_side_table(source: SourceConfig) -> Optional[pa.Table]:
+    """``item, categories, brand, price, title`` of every metadata record; None without a
+    metadata file. Bad metadata lines are counted once, by the event reader (this second
+    read reports into a scratch report)."""
+    meta = [Path(p) for p in source.paths if "meta" in Path(p).name]
+    if not meta:
+        return None
+    rows: Dict[str, list] = {k: [] for k in ("item", "categories", "brand", "price", "title")}
+    for record in _metadata_records(meta[0], RejectionReport()):
+        categories: List[str] = []
+        paths = record.get("categories")
+        flat = [c for p in paths if isinstance(p, list) for c in p] if isinstance(paths, list) else \
+            list(record.get("category") or []) if isinstance(record.get("category"), list) else []
+        for c in flat:
+            if str(c) not in categories:
+                categories.append(str(c))
+        rows["item"].append(str(record["asin"]))
+        rows["categories"].append(categories)
+        rows["brand"].append(str(record["brand"]).strip() or None if record.get("brand") is not None else None)
+        rows["price"].append(_price(record.get("price")))
+        rows["title"].append(str(record["title"]) if record.get("title") is not None else None)
+    return pa.table({"item": pa.array(rows["item"], pa.string()),
+                     "categories": pa.array(rows["categories"], pa.list_(pa.string())),
+                     "brand": pa.array(rows["brand"], pa.string()), "price": pa.array(rows["price"], pa.float64()),
+                     "title": pa.array(rows["title"], pa.string())})
+
+
+def _metadata_records(path: Path, report: RejectionReport) -> Iterator[dict]:
+    """The metadata records with an asin (bad lines are reported)."""
     for number, line in iter_lines(path, report):
         if not line.strip():
             continue
@@ -45,12 +99,7 @@ def read_metadata(path: Path, report: RejectionReport) -> Dict[str, str]:
         if not isinstance(record, dict) or "asin" not in record:
             report.reject("metadata_without_asin", str(path), line=number, value=line[:120])
             continue
-        paths = record.get("categories")
-        if isinstance(paths, list) and paths and isinstance(paths[-1], list) and paths[-1]:
-            out[str(record["asin"])] = str(paths[-1][-1])
-        elif isinstance(record.get("category"), list) and record["category"]:
-            out[str(record["asin"])] = str(record["category"][-1])
-    return out
+        yield record
 
 
 def read_reviews(path: Path, categories: Dict[str, str], report: RejectionReport,

@@ -9,8 +9,13 @@ Layouts (by file name):
                      (``movieId,title,genres`` with ``|``-separated genres)
 
 Every rating is an event; its label is ``rating >= rating_threshold`` (default 4, as in DIN's
-MovieLens experiment). A movie's category is its first genre (all genres are kept in the
-item side table with the title); movies without a genre get the unknown category (counted).
+MovieLens experiment). A movie's category is its first genre; movies without a genre get
+the unknown category (counted).
+
+Side tables (:func:`item_side_table`, :func:`user_side_table`; fields declare which columns
+they use): items ``item, title, genres (list), release_year``; users (RecBole ``*.user`` or
+the classic ``u.user``) ``user, age, gender, occupation, zip_code, zip_prefix`` (the zip
+code's first character: the US national area; Canadian codes keep their letter).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -47,6 +53,22 @@ def _open_text(path: Path):
 
 def item_table(path: Path) -> Dict[str, Tuple[str, List[str]]]:
     """movie id → (title, genres) for any of the three item-file layouts."""
+    return {k: (title, genres) for k, (title, genres, _) in _item_rows(path).items()}
+
+
+YEAR_PATTERN = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _year(text: str) -> Optional[int]:
+    text = (text or "").strip()
+    if text.isdigit():
+        return int(text)
+    match = YEAR_PATTERN.search(text) or re.search(r"(\d{4})$", text)   # "(1995)" in a title, "01-Jan-1995"
+    return int(match.group(1)) if match else None
+
+
+def _item_rows(path: Path) -> Dict[str, Tuple[str, List[str], Optional[int]]]:
+    """movie id → (title, genres, release year or None)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: item file does not exist")
@@ -59,17 +81,83 @@ def item_table(path: Path) -> Dict[str, Tuple[str, List[str]]]:
             for line in f:
                 parts = line.rstrip("\n").split("\t")
                 genres = parts[cols["class"]].split() if "class" in cols and len(parts) > cols["class"] else []
-                out[parts[cols["item_id"]]] = (parts[cols.get("movie_title", 1)], genres)
+                year = _year(parts[cols["release_year"]]) if "release_year" in cols and len(parts) > cols[
+                    "release_year"] else None
+                out[parts[cols["item_id"]]] = (parts[cols.get("movie_title", 1)], genres, year)
         elif name == "u.item":
             for line in f:
                 parts = line.rstrip("\n").split("|")
                 flags = parts[-19:]
-                out[parts[0]] = (parts[1], [g for g, flag in zip(UDATA_GENRES, flags) if flag == "1"])
+                out[parts[0]] = (parts[1], [g for g, flag in zip(UDATA_GENRES, flags) if flag == "1"],
+                                 _year(parts[2]) if len(parts) > 2 else None)
         else:  # movies.csv
             for row in csv.DictReader(f):
                 genres = [] if row["genres"] == "(no genres listed)" else row["genres"].split("|")
-                out[row["movieId"]] = (row["title"], genres)
+                out[row["movieId"]] = (row["title"], genres, _year(row["title"]))
     return out
+
+
+def _split_paths(source: SourceConfig) -> "tuple[Path, Optional[Path], Optional[Path]]":
+    """(ratings file, item file or None, user file or None)."""
+    paths = [Path(p) for p in source.paths]
+    ratings = [p for p in paths if _name(p).endswith((".inter", "u.data", "ratings.csv"))]
+    users = [p for p in paths if _name(p).endswith(".user")]
+    items = [p for p in paths if p not in ratings and p not in users]
+    if len(ratings) != 1:
+        raise DataError(f"movielens source needs exactly one ratings file in paths, got {source.paths}")
+    return ratings[0], items[0] if items else None, users[0] if users else None
+
+
+def item_side_table(source: SourceConfig) -> Optional[pa.Table]:
+    """``item`` (int64), ``title``, ``genres`` (list<string>), ``release_year`` (int64, null
+    when the file has none) of every movie in the item file; None without an item file."""
+    _, items, _ = _split_paths(source)
+    if items is None:
+        return None
+    rows = {int(k): v for k, v in _item_rows(items).items() if k.isdigit()}
+    keys = sorted(rows)
+    return pa.table({"item": pa.array(keys, pa.int64()),
+                     "title": pa.array([rows[k][0] for k in keys], pa.string()),
+                     "genres": pa.array([rows[k][1] for k in keys], pa.list_(pa.string())),
+                     "release_year": pa.array([rows[k][2] for k in keys], pa.int64())})
+
+
+def user_side_table(source: SourceConfig, report: RejectionReport) -> Optional[pa.Table]:
+    """``user, age, gender, occupation, zip_code, zip_prefix`` from a RecBole ``*.user`` file
+    (typed header) or ``u.user`` (``id|age|gender|occupation|zip``); None without one."""
+    _, _, path = _split_paths(source)
+    if path is None:
+        return None
+    if not path.exists():
+        raise DataError(f"{path}: user file does not exist")
+    recbole = not _name(path).startswith("u.")
+    columns: Dict[str, list] = {k: [] for k in ("user", "age", "gender", "occupation", "zip_code")}
+    with _open_text(path) as f:
+        if recbole:
+            header = [h.split(":")[0] for h in f.readline().rstrip("\n").split("\t")]
+            want = ["user_id", "age", "gender", "occupation", "zip_code"]
+            missing = [w for w in want if w not in header]
+            if missing:
+                raise DataError(f"{path}: user file header {header} lacks {missing}")
+            index = [header.index(w) for w in want]
+        for number, line in enumerate(f, start=2 if recbole else 1):
+            parts = line.rstrip("\n").split("\t" if recbole else "|")
+            if not line.strip():
+                continue
+            values = [parts[i] if i < len(parts) else "" for i in index] if recbole else parts[:5]
+            if len(values) < 5 or not values[0].strip().isdigit():
+                report.reject("bad_user_row", str(path), line=number, value=line[:80])
+                continue
+            age = values[1].strip()
+            columns["user"].append(int(values[0]))
+            columns["age"].append(int(age) if age.isdigit() else None)
+            for key, value in zip(("gender", "occupation", "zip_code"), values[2:5]):
+                columns[key].append(value.strip() or None)
+    table = pa.table({"user": pa.array(columns["user"], pa.int64()), "age": pa.array(columns["age"], pa.int64()),
+                      "gender": pa.array(columns["gender"], pa.string()),
+                      "occupation": pa.array(columns["occupation"], pa.string()),
+                      "zip_code": pa.array(columns["zip_code"], pa.string())})
+    return table.append_column("zip_prefix", pc.utf8_slice_codeunits(table.column("zip_code"), 0, 1))
 
 
 def _layout(path: Path) -> Tuple[str, bool, List[str]]:
@@ -84,11 +172,9 @@ def _layout(path: Path) -> Tuple[str, bool, List[str]]:
 
 
 def read_movielens(source: SourceConfig, report: RejectionReport) -> Iterator[pa.Table]:
-    ratings = [Path(p) for p in source.paths if _name(Path(p)).endswith((".inter", "u.data", "ratings.csv"))]
-    items = [Path(p) for p in source.paths if Path(p) not in ratings]
-    if len(ratings) != 1:
-        raise DataError(f"movielens source needs exactly one ratings file in paths, got {source.paths}")
-    genres = item_table(items[0]) if items else {}
+    rating_path, item_path, _ = _split_paths(source)
+    ratings = [rating_path]
+    genres = item_table(item_path) if item_path else {}
     genre_ids = {g: i for i, g in enumerate(sorted({g for _, gs in genres.values() for g in gs}), start=1)}
     first_genre = {int(k): genre_ids[gs[0]] for k, (_, gs) in genres.items() if gs and k.isdigit()}
     delimiter, header, columns = _layout(ratings[0])

@@ -3,8 +3,9 @@
 Each line is ``uid item1 item2 ...`` in time order; there are no timestamps, so an event's
 position in the line is its time. An item's category is its first attribute by default
 (``category_attribute: last`` takes the last); items without attributes get the unknown
-category and are counted in the report's notes. All attributes of each item are kept in a
-multi-valued side table (:func:`item_attributes`).
+category and are counted in the report's notes. All attributes of each item, in file order
+(so the category stays the first), are the ``attributes`` list column of the item side table
+(:func:`item_side_table`; a field of kind ``ids`` declares it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def item_attributes(path: Path) -> Dict[int, List[int]]:
         raise DataError(f"{path}: attribute file does not exist")
     raw = read_json_object(path)
     return {int(k): [int(a) for a in v] for k, v in raw.items()}
+
+
+def item_side_table(source: SourceConfig) -> "pa.Table | None":
+    """``item`` (int64), ``attributes`` (list<int64>: brand and category ids, one space
+    upstream) of every item of the attribute file; None without one."""
+    _, attributes_path = _split_paths(source)
+    if attributes_path is None:
+        return None
+    attributes = item_attributes(attributes_path)
+    keys = sorted(attributes)
+    return pa.table({"item": pa.array(keys, pa.int64()),
+                     "attributes": pa.array([attributes[k] for k in keys], pa.list_(pa.int64()))})
 
 
 def read_s3rec(source: SourceConfig, report: RejectionReport, chunk_users: int = 50_000) -> Iterator[pa.Table]:
