@@ -31,6 +31,7 @@ from typing import Iterator, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from .schema import BEHAVIORS
 
@@ -237,3 +238,45 @@ def planted_interests(config: SyntheticConfig) -> "tuple[np.ndarray, np.ndarray]
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
     return tqdm(total=total, disable=not enabled, desc=desc, unit="rows", unit_scale=True)
+
+
+def generate_side_tables(folder: Path, config: Optional[SyntheticConfig] = None, n_users: Optional[int] = None,
+                         n_tags: int = 1_000, n_segments: int = 20) -> "tuple[Path, Path]":
+    """Write generated item and user side tables (Parquet, keyed by the generator's raw ids)
+    for ``source.item_file`` / ``source.user_file``; returns (item path, user path).
+
+    Items: ``price`` (float64, log-normal, 5% null), ``brand`` (int64, one per category
+    block), ``tags`` (0 to 4 tag ids, list<int64>). Users 1..``n_users`` (default
+    ``n_rows / mean_events``, about the number of users: users beyond it have no profile
+    row and profile rows of users that never occur are dropped, both counted by the build): ``age`` (int64), ``segment`` (string), ``interests``
+    (list<int64>, 1 to 3 ids).
+    """
+    cfg = config or SyntheticConfig()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cfg.seed, 7])
+    cat = _Catalogue(cfg)
+    n = cfg.n_items
+    tag_counts = rng.integers(0, 5, n)
+    tag_offsets = np.concatenate([[0], np.cumsum(tag_counts)]).astype(np.int32)
+    price = rng.lognormal(3.0, 1.0, n)
+    items = pa.table({
+        "item": pa.array(cat.raw_item_id),
+        "price": pa.array(price, mask=rng.random(n) < 0.05),
+        "brand": pa.array((cat.item_category * 3 + rng.integers(0, 3, n)).astype(np.int64)),
+        "tags": pa.ListArray.from_arrays(pa.array(tag_offsets), pa.array(rng.integers(0, n_tags, int(tag_counts.sum())))),
+    })
+    users = n_users or max(1, int(cfg.n_rows / cfg.mean_events))
+    interest_counts = rng.integers(1, 4, users)
+    interest_offsets = np.concatenate([[0], np.cumsum(interest_counts)]).astype(np.int32)
+    profiles = pa.table({
+        "user": pa.array(np.arange(1, users + 1, dtype=np.int64)),
+        "age": pa.array(rng.integers(16, 80, users)),
+        "segment": pa.array([f"s{v}" for v in rng.integers(0, n_segments, users)], pa.string()),
+        "interests": pa.ListArray.from_arrays(pa.array(interest_offsets),
+                                              pa.array(rng.integers(0, cfg.n_categories, int(interest_counts.sum())))),
+    })
+    item_path, user_path = folder / "items.parquet", folder / "users.parquet"
+    pq.write_table(items, str(item_path))
+    pq.write_table(profiles, str(user_path))
+    return item_path, user_path
