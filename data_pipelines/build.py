@@ -83,11 +83,11 @@ def read_source(config: DataConfig, report: RejectionReport) -> Iterator[pa.Tabl
         raise ValueError(source.format)
 
 
-def read_side_tables(config: DataConfig, report: RejectionReport) -> "tuple[dict, dict]":
+def read_side_tables(config: DataConfig, report: RejectionReport, owners=None) -> "tuple[dict, dict]":
     """({"item": table or None, "user": table or None}, {owner: where it came from}) of the
-    configured source, read only when a field of that owner is declared."""
+    configured source, read only for the given owners (default: those of the declared fields)."""
     source = config.source
-    owners = {f.owner for f in config.fields}
+    owners = {f.owner for f in config.fields} if owners is None else set(owners)
     tables: dict = {}
     where = {owner: f"the {source.format} source {source.paths}" for owner in ("item", "user")}
     side_files = {"movielens": {"item": (".item", "movies.csv"), "user": (".user",)},

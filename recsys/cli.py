@@ -82,6 +82,16 @@ def cmd_data_build(args) -> None:
           f"{manifest['split_samples']}, vocab sizes {manifest['vocab_sizes']}, built in {manifest['build_seconds']} s")
 
 
+def cmd_data_embed_text(args) -> None:
+    from recsys.data_pipelines.config import load_data_config
+    from recsys.data_pipelines.text_embedding import embed_item_text
+    config = load_data_config(Path(args.config))
+    summary = embed_item_text(config, args.columns, args.name, dim=args.dim, seed=args.seed)
+    print(f"{config.output}: item field {args.name!r}, {summary['dim']}-d {summary['method']} vectors of "
+          f"{summary['columns']} for {summary['items_with_text']} items ({summary['items_without_text']} without "
+          f"text: zero vectors), explained variance {summary['explained_variance_ratio']}")
+
+
 def cmd_data_inspect(args) -> None:
     from recsys.data_pipelines.build import load_manifest
     manifest = load_manifest(args.dataset)
@@ -153,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing build of a different config")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data_build)
+    p = dsub.add_parser("embed-text", help="frozen item content vectors from item text (TF-IDF + SVD)",
+                        description="Turns the text columns of the source's item table (e.g. MovieLens title and "
+                        "genres) into frozen dense vectors stored in the built dataset's item side table: TF-IDF "
+                        "+ truncated SVD (scikit-learn), L2-normalised; items without text get zero vectors. The "
+                        "dataset must be built first (`recsys data build CONFIG`).")
+    p.add_argument("config", help="the data config the dataset was built from")
+    p.add_argument("--columns", nargs="+", required=True, help="item-table text columns to join (e.g. title genres)")
+    p.add_argument("--name", default="text_vec", help="the dense item field to write (default: text_vec)")
+    p.add_argument("--dim", type=int, default=64, help="vector width (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="SVD seed (default: 0)")
+    p.set_defaults(func=cmd_data_embed_text)
     p = dsub.add_parser("inspect", help="print a built dataset's manifest (counts, vocab sizes, rejections)",
                         description="Prints the manifest of a built dataset as JSON: users, events, samples per "
                         "split, vocabulary sizes, build time and the rejection report.")
