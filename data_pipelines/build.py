@@ -47,6 +47,8 @@ from .rejections import DataError, RejectionReport
 from .samples import SPLITS, NegativeSampler, build_samples
 from .schema import BEHAVIORS, NUM_BEHAVIORS, check_events
 from .side_tables import ContextCounter, SideTableWriter, context_field_dicts, core_field_dicts, vocabulary_fingerprint
+from .output_dir import (describe_input_change, input_fingerprint, recover_interrupted, swap_into_place,
+                         temporary_dir, terminate_as_interrupt)
 from .timelines import build_timelines
 from .vocab import UNKNOWN_ID, VocabCounter, Vocabulary, stable_hash
 
@@ -126,42 +128,93 @@ def build_from_yaml(path: Union[str, Path], overwrite: bool = False, progress: b
 
 def build_dataset(config: DataConfig, overwrite: bool = False, progress: bool = True,
                   workers: Optional[int] = None) -> Path:
-    """Build (or reuse) the dataset described by ``config``; returns the output directory.
+    """Build (or reuse) the dataset described by ``config``; returns the output directory
+    (:func:`ensure_dataset` also says whether it was built or reused)."""
+    return ensure_dataset(config, overwrite, progress, workers)[0]
+
+
+def ensure_dataset(config: DataConfig, overwrite: bool = False, progress: bool = True,
+                   workers: Optional[int] = None) -> "tuple[Path, str]":
+    """(output directory, "built" | "reused").
 
     ``workers``: processes building pass-2 partitions (None or 1 = in this process). The
     output is byte-identical either way (tested). With 2+ workers, a script calling this
     needs the ``if __name__ == "__main__":`` guard (the workers are forkserver children).
 
-    An existing complete output built from the same config is reused (no-op); one built
-    from a different config is an error unless ``overwrite``.
+    An existing complete output is reused only when it was built from the same config and
+    the same inputs (size, mtime and content hash of every input file); a different config
+    or changed inputs is an error unless ``overwrite``. The build writes into a temporary
+    directory that replaces the output atomically when complete, so the output is always
+    either the old complete build or the new one; the temporary directory is removed on
+    every exit path (SIGINT and SIGTERM included), and those of killed builds are removed
+    by the next build of the same output.
     """
     out = Path(config.output)
+    recover_interrupted(out)
     manifest_path = out / "manifest.json"
+    inputs = input_fingerprint(_input_paths(config))
     if manifest_path.exists() and not overwrite:
-        existing = json.loads(manifest_path.read_text())
-        if existing.get("config") == _comparable(config):
-            return out
-        raise FileExistsError(f"{out} holds a dataset built from a different config; "
-                              "pass overwrite=True (--overwrite) to replace it")
+        existing = load_manifest(out)
+        if existing.get("config") != _comparable(config):
+            raise FileExistsError(f"{out} holds a dataset built from a different config; "
+                                  "pass overwrite=True (--overwrite) to replace it")
+        # a build from before inputs were recorded: only a source without files is known current
+        if existing.get("inputs", None if inputs else []) != inputs:
+            raise FileExistsError(f"{out} was built from other input files than the config's now: "
+                                  f"{describe_input_change(existing.get('inputs'), inputs)}; pass overwrite=True "
+                                  "(--overwrite) to rebuild it")
+        return out, "reused"
     if out.exists() and not manifest_path.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists but is not a complete dataset (no manifest.json); "
                               "pass overwrite=True (--overwrite) to replace it")
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    missing = [d["path"] for d in inputs if d.get("missing")]
+    if missing:
+        raise DataError(f"{', '.join(missing)}: input file does not exist (source.paths of the data config)")
+    tmp = temporary_dir(out)
     if tmp.exists():
         shutil.rmtree(tmp)
-    (tmp / "vocab").mkdir(parents=True)
     started = time.perf_counter()
-    try:
-        stats = _build_into(config, tmp, progress, workers)
-        stats["build_seconds"] = round(time.perf_counter() - started, 3)
-        (tmp / "manifest.json").write_text(json.dumps(stats, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    with terminate_as_interrupt():
+        try:
+            (tmp / "vocab").mkdir(parents=True)
+            stats = _build_into(config, tmp, progress, workers)
+            _check_trainable(stats, out)
+            stats["build_seconds"] = round(time.perf_counter() - started, 3)
+            stats["inputs"] = inputs
+            stats["vocab_fingerprint"] = vocab_fingerprint(tmp)
+            # written last and by rename: a manifest on disk means the directory is complete
+            (tmp / "manifest.json.part").write_text(json.dumps(stats, indent=2))
+            (tmp / "manifest.json.part").rename(tmp / "manifest.json")
+            swap_into_place(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return out, "built"
+
+
+def _input_paths(config: DataConfig) -> list:
+    source = config.source
+    paths = [] if source.format == "synthetic" else list(source.paths)
+    paths += [p for p in (getattr(source, "item_file", ""), getattr(source, "user_file", "")) if p]
+    return paths
+
+
+def _check_trainable(stats: dict, out: Path) -> None:
+    """A dataset without training samples cannot train anything: an error now, not a
+    "finished" run with AUC nan later."""
+    train = stats.get("split_samples", {}).get("train", 0)
+    if not train:
+        raise DataError(f"{out}: the build gives 0 training samples ({stats.get('events', 0)} events, "
+                        f"{stats.get('users', 0)} users, samples per split {stats.get('split_samples')}); "
+                        f"the {stats.get('protocol')} protocol needs longer user timelines or more data")
+
+
+def vocab_fingerprint(dataset_dir: Union[str, Path]) -> dict:
+    """{vocabulary file: sha256 of its raw values in id order} of a built dataset: two
+    builds with equal sizes but different id assignments differ here (checked by evaluate)."""
+    vocab_dir = Path(dataset_dir) / "vocab"
+    return {str(f.relative_to(vocab_dir)): vocabulary_fingerprint(Vocabulary.load(f))
+            for f in sorted(vocab_dir.rglob("*.parquet"))}
 
 
 def _comparable(config: DataConfig) -> dict:
@@ -294,7 +347,7 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     shutil.rmtree(tmp / "_parts")
     shutil.rmtree(events_dir)
     report.save(tmp / "rejections.json")
-    if progress:
+    if progress or report.has_findings():   # rejections are shown even when quiet
         print(report.summary())
     return {
         "format_version": FORMAT_VERSION,
@@ -506,9 +559,14 @@ def load_manifest(path: Union[str, Path]) -> dict:
     if not manifest.exists():
         raise FileNotFoundError(f"{path} is not a built dataset (no manifest.json); build it with "
                                 "`recsys data build CONFIG`")
-    data = json.loads(manifest.read_text())
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{manifest}: format_version {data.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
+    try:
+        data = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{manifest}: not readable JSON ({exc}); the file is corrupted: rebuild the dataset "
+                        "with `recsys data build CONFIG --overwrite`") from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        data = data if isinstance(data, dict) else {}
+        raise DataError(f"{manifest}: format_version {data.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
     return data
 
 

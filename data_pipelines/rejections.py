@@ -1,9 +1,15 @@
-"""Counting and reporting rejected input rows.
+"""Counting and reporting rejected input lines.
 
-Every reader hands its bad rows to a :class:`RejectionReport` instead of dropping them
-silently: the report counts rows by reason, keeps the first few examples of each reason
+Every reader hands its bad lines to a :class:`RejectionReport` instead of dropping them
+silently: the report counts lines by reason, keeps the first few examples of each reason
 (file, line, field, offending value), and either raises at once (``on_error="raise"``) or
 lets the build go on and stops it only when the rejection rate passes a threshold.
+
+The readers also tell the report how many lines each file had (``lines_read``), so the
+rate compares rejected lines with readable lines, and problems of a whole file (empty,
+truncated, corrupt) are listed per file (``file_problem``), never counted as one "row".
+The promise (docs/reliability.md): every readable line is either accepted or rejected
+with its file line number and reason.
 """
 
 from __future__ import annotations
@@ -48,7 +54,30 @@ class RejectionReport:
     notes: Counter = field(default_factory=Counter)   # rows kept but changed (e.g. unknown category → 1)
     examples: Dict[str, List[Rejection]] = field(default_factory=dict)
     accepted: int = 0
+    # per input file: readable lines, rejected lines, whole-file problems
+    files: Dict[str, dict] = field(default_factory=dict)
     _deferred: Optional[List[Rejection]] = None
+
+    def _file(self, file: str) -> dict:
+        return self.files.setdefault(str(file), {"lines": 0, "rejected": 0, "problems": []})
+
+    def lines_read(self, file: str, n: int) -> None:
+        """``n`` more readable lines of ``file`` (accepted or rejected, blank ones included)."""
+        self._file(file)["lines"] += int(n)
+
+    def file_problem(self, reason: str, file: str, line: Optional[int] = None, detail: str = "") -> None:
+        """A problem of the whole file (``empty_file``, ``truncated_file``, ``bad_compression``):
+        listed by file in the report and the summary; never counted as a rejected line (the
+        lines lost to it cannot be read, hence counted). Raises in ``on_error="raise"`` mode."""
+        where = f"{file}" + (f", line {line}" if line is not None else "")
+        if self.on_error == "raise":
+            raise DataError(f"{where}: {reason}: {detail}")
+        self._file(file)["problems"].append({"reason": reason, "line": line, "detail": str(detail)[:300]})
+
+    @property
+    def lines(self) -> int:
+        """Readable lines of every file read so far."""
+        return sum(f["lines"] for f in self.files.values())
 
     def defer(self) -> None:
         """In raise mode, collect rejections until ``flush`` (readers that see a block of
@@ -81,6 +110,7 @@ class RejectionReport:
                 return
             raise DataError(f"bad input row: {example.describe()}")
         self.counts[reason] += count
+        self._file(file)["rejected"] += count
         bucket = self.examples.setdefault(reason, [])
         if len(bucket) < self.max_examples:
             bucket.append(example)
@@ -91,27 +121,50 @@ class RejectionReport:
         if count:
             self.notes[reason] += count
 
+    def count_rejected(self, reason: str, file: str, count: int) -> None:
+        """``count`` more rejected lines of ``reason`` beyond the examples already recorded."""
+        if count:
+            self.counts[reason] += count
+            self._file(file)["rejected"] += count
+
     def check_rate(self) -> None:
-        total = self.accepted + self.rejected
+        """Stop the build when rejected lines / readable lines exceeds ``max_reject_rate``,
+        or when a file had lines but none of them was accepted (a whole file must never
+        vanish under the rate of the others)."""
+        total = self.lines or (self.accepted + self.rejected)   # sources without lines (synthetic)
         if total and self.rejected / total > self.max_reject_rate:
             raise DataError(
-                f"{self.rejected} of {total} rows rejected ({self.rejected / total:.2%}), more than "
+                f"{self.rejected} of {total} lines rejected ({self.rejected / total:.2%}), more than "
                 f"max_reject_rate={self.max_reject_rate:.2%}:\n{self.summary()}")
+        for name, stats in self.files.items():
+            if stats["lines"] and stats["rejected"] >= stats["lines"]:
+                raise DataError(f"{name}: none of its {stats['lines']} lines was accepted:\n{self.summary()}")
+
+    def has_findings(self) -> bool:
+        """Anything rejected or any file problem (the CLI prints the summary then, even quiet)."""
+        return bool(self.counts) or any(f["problems"] for f in self.files.values())
 
     def summary(self) -> str:
         notes = "".join(f"\n  kept with handling: {r}: {n}" for r, n in self.notes.most_common())
+        problems = "".join(
+            f"\n  file {name}: {p['reason']}" + (f" at line {p['line']}" if p["line"] is not None else "")
+            + (f" ({p['detail']})" if p["detail"] else "")
+            for name, stats in self.files.items() for p in stats["problems"])
+        read = f" of {self.lines} lines read" if self.lines else ""
         if not self.counts:
-            return f"no rows rejected ({self.accepted} accepted)" + notes
-        lines = [f"{self.rejected} rows rejected, {self.accepted} accepted:"]
+            return f"no lines rejected ({self.accepted} rows accepted{read})" + problems + notes
+        lines = [f"{self.rejected} lines rejected{read}, {self.accepted} rows accepted:"]
         for reason, n in self.counts.most_common():
             lines.append(f"  {reason}: {n}")
             lines.extend(f"    e.g. {ex.describe()}" for ex in self.examples.get(reason, []))
-        return "\n".join(lines) + notes
+        return "\n".join(lines) + problems + notes
 
     def to_dict(self) -> dict:
         return {
             "accepted": self.accepted,
             "rejected": self.rejected,
+            "lines": self.lines,
+            "files": self.files,
             "counts": dict(self.counts),
             "notes": dict(self.notes),
             "examples": {r: [vars(e) for e in exs] for r, exs in self.examples.items()},
@@ -122,13 +175,16 @@ class RejectionReport:
 
 
 def readable_file(path, report: RejectionReport) -> bool:
-    """False (and the reason counted) when ``path`` is missing or empty."""
-    from pathlib import Path
+    """False when ``path`` is empty (listed as the file's ``empty_file`` problem). A missing
+    file, or a directory given as one, is an error in both modes: a whole input must never
+    vanish as "one rejected row"."""
     path = Path(path)
     if not path.exists():
-        report.reject("missing_file", str(path), value="file does not exist")
-        return False
+        raise DataError(f"{path}: input file does not exist (missing_file)")
+    if not path.is_file():
+        raise DataError(f"{path}: input is not a file (missing_file)")
+    report._file(str(path))
     if path.stat().st_size == 0:
-        report.reject("empty_file", str(path), value="file is empty")
+        report.file_problem("empty_file", str(path), detail="file is empty (0 lines)")
         return False
     return True

@@ -89,7 +89,7 @@ def test_a_source_with_only_bad_rows_fails_with_the_report(tmp_path):
     bad.write_text("a,b,c,d,e\n1,2\n")
     config = DataConfig(output=str(tmp_path / "ds"), source=SourceConfig(format="taobao", paths=[str(bad)]),
                         max_reject_rate=1.0)
-    with pytest.raises(DataError, match="no events read"):
+    with pytest.raises(DataError, match="bad.csv: none of its 2 lines was accepted"):
         build_dataset(config, progress=False)
 
 

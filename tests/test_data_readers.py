@@ -86,14 +86,16 @@ def test_amazon_bad_lines_are_counted_with_line_and_field(tmp_path):
 
 
 def test_amazon_missing_and_truncated_files(tmp_path):
-    _, report = read(read_amazon, SourceConfig(format="amazon", paths=[str(tmp_path / "reviews.json")]))
-    assert report.counts["missing_file"] == 1
+    with pytest.raises(DataError, match="reviews.json: input file does not exist"):
+        read(read_amazon, SourceConfig(format="amazon", paths=[str(tmp_path / "reviews.json")]))
     lines = "".join(json.dumps({"reviewerID": f"U{i}", "asin": f"I{i}", "unixReviewTime": i}) + "\n"
                     for i in range(5000)).encode()
     path = tmp_path / "reviews.json.gz"
     path.write_bytes(gzip.compress(lines)[:-100])
     table, report = read(read_amazon, SourceConfig(format="amazon", paths=[str(path)]))
     assert report.counts["truncated_file"] == 1 and 0 < table.num_rows < 5000
+    assert table.num_rows + report.rejected == report.lines
+    assert report.files[str(path)]["problems"][0]["reason"] == "truncated_file"
     with pytest.raises(DataError, match="exactly one reviews file"):
         read(read_amazon, SourceConfig(format="amazon", paths=[str(path), str(path)]))
 

@@ -1,6 +1,7 @@
 """Taobao UserBehavior reader: real slices and every bad-input case."""
 
 import gzip
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -79,23 +80,28 @@ def test_rejection_rate_threshold_stops_the_build(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text(BAD)
     _, report = read_all(path, RejectionReport(max_reject_rate=0.1))
-    with pytest.raises(DataError, match="5 of 8 rows rejected"):
+    with pytest.raises(DataError, match="5 of 8 lines rejected"):
         report.check_rate()
 
 
 def test_missing_empty_and_truncated_files_are_reported(tmp_path):
-    _, report = read_all(tmp_path / "nope.csv")
-    assert report.counts["missing_file"] == 1
+    # a missing file is an error; an empty one is its file's problem, never a "rejected row"
+    with pytest.raises(DataError, match="nope.csv: input file does not exist"):
+        read_all(tmp_path / "nope.csv")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     _, report = read_all(empty)
-    assert report.counts["empty_file"] == 1
+    assert report.rejected == 0 and report.files[str(empty)]["problems"][0]["reason"] == "empty_file"
     good = "".join(f"{u},{u + 1},7,pv,{1000 + u}\n" for u in range(20000)).encode()
     trunc = tmp_path / "t.csv.gz"
     trunc.write_bytes(gzip.compress(good)[:-200])
     table, report = read_all(trunc, block_size=1 << 14)
-    assert report.counts["truncated_file"] == 1
-    assert report.examples["truncated_file"][0].file.endswith("t.csv.gz")
+    # what a decompressor yields from the cut file
+    readable = zlib.decompressobj(wbits=31).decompress(trunc.read_bytes())
+    n_lines = readable.count(b"\n") + (not readable.endswith(b"\n"))
+    assert table.num_rows + report.rejected == n_lines == report.lines
+    assert report.files[str(trunc)]["problems"][0]["reason"] == "truncated_file"
+    assert "t.csv.gz" in report.summary() and "truncated_file" in report.summary()
 
 
 def test_gzip_and_plain_read_the_same(tmp_path):
