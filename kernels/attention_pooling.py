@@ -5,7 +5,7 @@
 
 ``backend="torch"`` runs the PyTorch reference (the CPU path); ``"triton"`` the Triton
 kernel (forward and backward); ``"auto"`` triton for CUDA tensors when triton imports.
-``last_backend()`` says which ran.
+``backend_for(...)`` says which a call with the same inputs runs (no state is recorded).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from torch import Tensor
 from .reference.attention_pooling import WEIGHTINGS, attention_pooling_padded
 from .validation import KernelInputError, check_attention_inputs, choose_backend, jagged_to_padded
 
-_LAST = {"backend": None}
+__all__ = ["attention_pooling", "backend_for"]
 
 
-def last_backend() -> Optional[str]:
-    """The backend the most recent call in this process ran ("torch" or "triton")."""
-    return _LAST["backend"]
+def backend_for(query: Tensor, keys: Tensor, backend: str = "auto") -> str:
+    """The backend the op runs for these inputs ("torch" or "triton"); a pure function."""
+    return choose_backend(backend, query, keys)
 
 
 def attention_pooling(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None, *,
@@ -42,8 +42,7 @@ def attention_pooling(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = N
     if weighting not in WEIGHTINGS:
         raise KernelInputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     jagged, row_lengths, offsets = check_attention_inputs(query, keys, values, lengths, offsets)
-    chosen = choose_backend(backend, query, keys)
-    _LAST["backend"] = chosen
+    chosen = backend_for(query, keys, backend)
     if chosen == "triton":
         from .triton.attention_pooling import attention_pooling_triton
         return attention_pooling_triton(query, keys, row_lengths, offsets if jagged else None,

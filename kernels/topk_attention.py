@@ -6,7 +6,7 @@ search): public function and backend dispatcher.
 
 ``backend="torch"`` runs the PyTorch reference; ``"triton"`` computes the L-wide score pass
 (forward and backward) in Triton and the small [B, k] tail in PyTorch; ``"auto"`` picks
-triton for CUDA tensors when triton imports. ``last_backend()`` says which ran.
+triton for CUDA tensors when triton imports. ``backend_for(...)`` says which a call with the same inputs runs (no state is recorded).
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ from torch import Tensor
 from .reference.topk_attention import PAD_SCORE, topk_target_attention_padded
 from .validation import KernelInputError, check_float, choose_backend, jagged_to_padded, resolve_rows
 
-__all__ = ["PAD_SCORE", "topk_target_attention", "last_backend"]
-
-_LAST = {"backend": None}
+__all__ = ["PAD_SCORE", "backend_for", "topk_target_attention"]
 
 
-def last_backend() -> Optional[str]:
-    """The backend the most recent call in this process ran ("torch" or "triton")."""
-    return _LAST["backend"]
+def backend_for(q_att: Tensor, k_att: Tensor, backend: str = "auto") -> str:
+    """The backend the op runs for these inputs ("torch" or "triton"); a pure function."""
+    return choose_backend(backend, q_att, k_att)
 
 
 def topk_target_attention(q_att: Tensor, k_att: Tensor, v_rep: Tensor, lengths: Optional[Tensor] = None, *,
@@ -56,8 +54,7 @@ def topk_target_attention(q_att: Tensor, k_att: Tensor, v_rep: Tensor, lengths: 
     width = (int(row_lengths.max()) if row_lengths.numel() else 0) if jagged else k_att.shape[1]
     if k > width:
         raise KernelInputError(f"k={k} is larger than the longest row ({width} behaviours)")
-    chosen = choose_backend(backend, q_att, k_att)
-    _LAST["backend"] = chosen
+    chosen = backend_for(q_att, k_att, backend)
     if chosen == "triton":
         from .triton.topk_attention import topk_target_attention_triton
         return topk_target_attention_triton(q_att, k_att, v_rep, row_lengths, offsets if jagged else None, k, scale)

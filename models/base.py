@@ -4,12 +4,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from recsys.contract import Batch, FeatureSpec
+
+from .layers.features import ItemSideTable
+
+
+class _ItemSideFields:
+    """What both families share: the item side table (``self.item_side``) and loading it."""
+
+    item_side: ItemSideTable
+
+    def attach_side_tables(self, tables: Mapping[str, Tensor]) -> None:
+        """Load the item side tables the model is built for (``BuiltDataset.side_table(name)``
+        for every ``features.of("item", side_only=True)`` field), checked per field.
+
+        Shapes: id ``[N]`` int, ids ``[N, A]`` int padded with 0 (A <= max_values), number
+        ``[N]`` float (NaN = missing), dense ``[N, d]`` float (no NaN). Raises
+        ``recsys.errors.ConfigError`` for a missing or unknown field, ``CheckpointError`` for
+        a shape or dtype that does not fit, ``DataError`` for ids outside the vocabulary or a
+        non-finite dense row, each naming the field (and the item row). The tables are
+        persistent buffers: the weights file carries them, so a trained model rebuilds from
+        model.json + weights without calling this again. A core-only spec takes ``{}``.
+        """
+        self.item_side.attach(tables)
 
 
 @dataclass
@@ -21,12 +43,17 @@ class RankingOutput:
     aux_losses: Dict[str, Tensor] = field(default_factory=dict)
 
 
-class RankingModel(nn.Module):
-    """Base class of ranking models: ``forward(batch) -> RankingOutput``."""
+class RankingModel(_ItemSideFields, nn.Module):
+    """Base class of ranking models: ``forward(batch) -> RankingOutput``.
+
+    ``self.item_side`` holds the item side fields of ``features`` (empty for a core-only
+    spec), filled by :meth:`attach_side_tables`.
+    """
 
     def __init__(self, features: FeatureSpec) -> None:
         super().__init__()
         self.features = features
+        self.item_side = ItemSideTable(features)
 
     def forward(self, batch: Batch) -> RankingOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -45,7 +72,7 @@ class RetrievalOutput:
     aux_losses: Dict[str, Tensor] = field(default_factory=dict)
 
 
-class RetrievalModel(nn.Module):
+class RetrievalModel(_ItemSideFields, nn.Module):
     """Base class of retrieval (candidate generation) models.
 
     ``user_interests(batch) -> RetrievalOutput`` with interests ``[B, K, D]`` computed from
@@ -57,11 +84,14 @@ class RetrievalModel(nn.Module):
     The training objective (sampled softmax, in-batch negatives, logQ correction) lives in
     the retrieval task; ``select_interest`` is the label-aware selection MIND and ComiRec use
     in training (the interest closest to the target), overridable by models that differ.
+    ``self.item_side`` holds the item side fields (filled by :meth:`attach_side_tables`),
+    for the item tower and the history alike.
     """
 
     def __init__(self, features: FeatureSpec) -> None:
         super().__init__()
         self.features = features
+        self.item_side = ItemSideTable(features)
 
     def user_interests(self, batch: Batch) -> RetrievalOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -7,7 +7,7 @@ Embeddings." ICLR 2025 (arXiv:2410.02604). Official code: github.com/thuml/DARE
 What it computes (paper §4, official code):
     ids per behaviour: item, category and a target-relative position p (target 0, most
     recent behaviour 1, the one before 2, ...).
-    attention set A and representation set R, each [item ‖ category ‖ position] tables:
+    attention set A and representation set R, each [item ‖ category (‖ side fields) ‖ position]:
         q = A(target) [B, D_A],  K = A(history) [B, L, D_A]
         v_t = R(target) [B, D_R], V = R(history) [B, L, D_R]
     stage 1  s_j = ⟨q_sem, k_j,sem⟩/sqrt(D_A,sem) + ⟨q_pos, k_j,pos⟩/sqrt(d_A,pos)   [B, L]
@@ -56,9 +56,17 @@ Deliberate departures:
       than k are the normal case); k = 0 or k > FeatureSpec.max_length is a config error.
     * The aux branch is computed only in training (it is a training loss); the official
       code computes it in evaluation too but does not use it.
-    * "din_topk" builds the activation-unit input [q, k, q−k, q⊙k] explicitly on the
-      padded layout (a baseline; the fused form is DIN's kernel).
+    * "din_topk" scores with DIN's activation-unit module on the padded layout, its first
+      layer split as q(Wa+Wc) + k(Wb−Wc) + (q⊙k)Wd (same function as the explicit
+      [q, k, q−k, q⊙k] input, no [B, L, 4D] tensor).
     * An empty history scores with the target alone (h = 0).
+    * Side fields (our extension; the paper has none): item side fields of the run's spec
+      join **both** decoupled embeddings, each set with its own tables, so
+      A(i) = [item ‖ category ‖ side fields of i ‖ position] and likewise R(i) (widths
+      ``attention_field_dim`` / ``field_dim``); the scores' semantic part then includes the
+      side fields. User-profile and context fields are not used by DARE (its prediction
+      head is [v_t, h, v_t ⊙ h]): configuring them is a ConfigError rather than an
+      ignored field. A core-only spec is the first-phase model exactly.
 """
 
 from __future__ import annotations
@@ -70,54 +78,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.contract import Batch
+from recsys.errors import ConfigError
 from recsys.kernels.attention_pooling import attention_pooling
-from recsys.kernels.reference.topk_attention import PAD_SCORE
-from recsys.kernels.topk_attention import topk_target_attention
+from recsys.kernels.topk_attention import PAD_SCORE, topk_target_attention
 
 from .base import FeatureSpec, RankingModel, RankingOutput
 from .registry import register
+from .layers.attention import ActivationUnitAttention
+from .layers.embedding import BehaviorEmbedding
 from .layers.mlp import MLP
 
 VARIANTS = ("dare", "twin", "twin_4e", "projection", "din_topk")
 SEARCHES = ("soft", "hard")
-FIELDS = ("item", "category", "position")
-
-
-class FieldTables(nn.Module):
-    """One embedding set: item, category and (optionally) position tables, concatenated.
-
-    ids [...] → [..., item_dim + category_dim (+ position_dim)]. Item and category row 0 is
-    padding (zero, no gradient); position 0 is the target, so that table has no padding row.
-    """
-
-    def __init__(self, features: FeatureSpec, dims: Dict[str, int], position_vocab: int, use_position: bool) -> None:
-        super().__init__()
-        self.item = nn.Embedding(features.num_items, dims["item"], padding_idx=0)
-        self.category = nn.Embedding(features.num_categories, dims["category"], padding_idx=0)
-        self.position = nn.Embedding(position_vocab, dims["position"]) if use_position else None
-        self.semantic_dim = dims["item"] + dims["category"]
-        self.position_dim = dims["position"] if use_position else 0
-        self.dim = self.semantic_dim + self.position_dim
-
-    def forward(self, items: Tensor, categories: Tensor, positions: Tensor) -> Tensor:
-        parts = [self.item(items), self.category(categories)]
-        if self.position is not None:
-            parts.append(self.position(positions))
-        return torch.cat(parts, dim=-1)
+FIELDS = ("item", "category", "position", "side")
 
 
 class FieldProjection(nn.Module):
-    """Bias-free per-field linear maps of a shared embedding ([..., D_R] → [..., D_A])."""
+    """Bias-free per-field linear maps of a shared embedding ([..., D_R] → [..., D_A]), one
+    per part of the source behaviour embedding (item, category, side fields, position)."""
 
-    def __init__(self, source: FieldTables, dims: Dict[str, int]) -> None:
+    def __init__(self, source: BehaviorEmbedding, widths: List[int]) -> None:
         super().__init__()
-        self.split = [source.item.embedding_dim, source.category.embedding_dim] + \
-                     ([source.position_dim] if source.position is not None else [])
-        out = [dims["item"], dims["category"]] + ([dims["position"]] if source.position is not None else [])
-        self.maps = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(self.split, out))
-        self.semantic_dim = dims["item"] + dims["category"]
-        self.position_dim = dims["position"] if source.position is not None else 0
-        self.dim = self.semantic_dim + self.position_dim
+        self.split = list(source.widths)
+        self.maps = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(self.split, widths))
+        self.position_dim = widths[-1] if source.position is not None else 0
+        self.semantic_dim = sum(widths) - self.position_dim
+        self.dim = sum(widths)
 
     def forward(self, shared: Tensor) -> Tensor:
         return torch.cat([m(x) for m, x in zip(self.maps, shared.split(self.split, dim=-1))], dim=-1)
@@ -148,6 +134,9 @@ class DARE(RankingModel):
         l2: weight of Σ‖θ‖² over non-embedding, non-bias parameters.
         init_std: std of the N(0, init_std) init of every non-bias parameter.
         attention_backend: "auto" | "torch" | "triton" for the kernels ops.
+        field_dim, attention_field_dim: width of each item side field in the representation
+            and attention sets (None: category_dim, and the representation width).
+        ids_pooling: "mean" | "sum" over the ids of a multi-valued item side field.
     """
 
     def __init__(self, features: FeatureSpec, *, item_dim: int = 16, category_dim: int = 16, position_dim: int = 16,
@@ -156,10 +145,15 @@ class DARE(RankingModel):
                  variant: str = "dare", use_position: bool = True, position_vocab: Optional[int] = None,
                  use_aux_loss: bool = True, mlp_units: List[int] = [200, 80], aux_mlp_units: List[int] = [200],
                  din_attention_units: List[int] = [36], l2: float = 1e-6, init_std: float = 0.01,
-                 attention_backend: str = "auto") -> None:
+                 attention_backend: str = "auto", field_dim: Optional[int] = None,
+                 attention_field_dim: Optional[int] = None, ids_pooling: str = "mean") -> None:
         super().__init__(features)
         if variant not in VARIANTS:
             raise ValueError(f"DARE variant must be one of {VARIANTS}, got {variant!r}")
+        unused = [f.name for f in features.of("user", side_only=True) + features.of("context")]
+        if unused:
+            raise ConfigError(f"DARE uses item side fields only; the run configures user/context field(s) {unused} "
+                              "(drop them from the run's fields, or use DIN / FinalMLP)")
         if search not in SEARCHES:
             raise ValueError(f"DARE search must be one of {SEARCHES}, got {search!r}")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
@@ -172,8 +166,10 @@ class DARE(RankingModel):
             raise ValueError(f"DARE position_vocab={position_vocab} cannot hold the positions 0..{features.max_length} "
                              f"of histories of length L={features.max_length} (FeatureSpec.max_length); "
                              f"use position_vocab >= {features.max_length + 1}")
-        rep = {"item": item_dim, "category": category_dim, "position": position_dim}
-        given = {"item": attention_item_dim, "category": attention_category_dim, "position": attention_position_dim}
+        field_dim = category_dim if field_dim is None else field_dim
+        rep = {"item": item_dim, "category": category_dim, "position": position_dim, "side": field_dim}
+        given = {"item": attention_item_dim, "category": attention_category_dim, "position": attention_position_dim,
+                 "side": attention_field_dim}
         att = {name: rep[name] if given[name] is None else given[name] for name in FIELDS}
         if any(v < 1 for v in list(rep.values()) + list(att.values())):
             raise ValueError(f"DARE embedding widths must be >= 1, got representation {rep}, attention {att}")
@@ -186,8 +182,11 @@ class DARE(RankingModel):
         self.l2, self.attention_backend = l2, attention_backend
         self.position_vocab = position_vocab
 
-        def tables(dims: Dict[str, int]) -> FieldTables:
-            return FieldTables(features, dims, position_vocab, use_position)
+        def tables(dims: Dict[str, int]) -> BehaviorEmbedding:
+            # init_std=None: _init_parameters draws every weight from N(0, init_std) (official)
+            return BehaviorEmbedding(features, dims["item"], dims["category"], None, field_dim=dims["side"],
+                                     pooling=ids_pooling, position_vocab=position_vocab if use_position else 0,
+                                     position_dim=dims["position"], frequencies=False)
 
         # Parameter names carry "embedding" so the L2 term skips them, as in the official code.
         self.embeddings = nn.ModuleDict()
@@ -198,17 +197,15 @@ class DARE(RankingModel):
             self.embeddings["attention"] = tables(att)
             self.embeddings["attention_target"] = tables(att)
             self.embeddings["representation_target"] = tables(rep)
-        self.attention_projection = FieldProjection(self.embeddings["representation"], att) \
-            if variant == "projection" else None
-        rep_dim = self.embeddings["representation"].dim
-        if variant == "din_topk":
-            widths = [4 * rep_dim] + list(din_attention_units)
-            layers: List[nn.Module] = []
-            for a, b in zip(widths[:-1], widths[1:]):
-                layers += [nn.Linear(a, b), nn.PReLU(b)]
-            self.din_scorer = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
-        else:
-            self.din_scorer = None
+        source = self.embeddings["representation"]
+        att_widths = [att["item"], att["category"]] + [att["side"]] * len(source.side_fields) + \
+                     ([att["position"]] if source.position is not None else [])
+        self.attention_projection = FieldProjection(source, att_widths) if variant == "projection" else None
+        rep_dim = source.dim
+        # DIN's activation unit (Linear → PReLU per hidden layer → 1) as DIN's module; its raw
+        # scores through the kernels' split first layer (no [B, L, 4D] tensor)
+        self.din_scorer = ActivationUnitAttention(rep_dim, din_attention_units, "prelu", backend="torch") \
+            if variant == "din_topk" else None
         self.head = _prediction_head(3 * rep_dim, list(mlp_units))
         self.aux_head = _prediction_head(3 * rep_dim, list(aux_mlp_units)) if use_aux_loss else None
         self._init_parameters(init_std)
@@ -220,8 +217,8 @@ class DARE(RankingModel):
                 if "bias" not in name:
                     nn.init.normal_(param, 0.0, std)
             for module in self.embeddings.values():
-                module.item.weight[0].zero_()
-                module.category.weight[0].zero_()
+                for table in module.own_tables():
+                    table.weight[0].zero_()
 
     # ------------------------------------------------------------------ inputs
     def _positions(self, batch: Batch) -> Tensor:
@@ -242,8 +239,8 @@ class DARE(RankingModel):
         """(q [B, D_A], K [B, L, D_A] or [N, D_A], v_t [B, D_R], V like K with D_R)."""
         target_pos = torch.zeros_like(batch.target_item)
         hist_pos = self._positions(batch)
-        tgt = (batch.target_item, batch.target_category, target_pos)
-        hist = (batch.hist_item, batch.hist_category, hist_pos)
+        tgt = (batch.target_item, batch.target_category, self.item_side, target_pos)
+        hist = (batch.hist_item, batch.hist_category, self.item_side, hist_pos)
         rep = self.embeddings["representation"]
         v_t, values = rep(*tgt), rep(*hist)
         if self.variant == "dare":
@@ -306,20 +303,13 @@ class DARE(RankingModel):
             index = torch.cat([index, index.new_full((batch.size, self.top_k - k), -1)], dim=1)
         return pooled, index, (scores if in_row is None and not jagged else None)
 
-    def _din_scores(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        """DIN activation-unit scores / D, padding → PAD_SCORE: [B, L]."""
-        qx = q.unsqueeze(1).expand_as(keys)
-        x = torch.cat([qx, keys, qx - keys, qx * keys], dim=-1)
-        # PReLU's slopes act on dim 1, so run the scorer on [B·L, 4D] rows
-        raw = self.din_scorer(x.reshape(-1, x.shape[-1])).reshape(keys.shape[:2]) / q.shape[-1]
-        return raw.masked_fill(~mask, PAD_SCORE)
-
     def _din_two_stage(self, q: Tensor, keys: Tensor, values: Tensor, batch: Batch) -> Tuple[Tensor, Tensor, Tensor]:
         """din_topk on the padded layout: (h [B, D_R], h_full [B, D_R], index [B, top_k])."""
         mask = batch.history_mask()
         if self.search == "hard":
             mask = mask & (batch.hist_category == batch.target_category.unsqueeze(1))
-        scores = self._din_scores(q, keys, mask)
+        # DIN activation-unit scores / D, padding → PAD_SCORE: [B, L]
+        scores = (self.din_scorer.scores(q, keys, batch.lengths) / q.shape[-1]).masked_fill(~mask, PAD_SCORE)
         full = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
         h_full = torch.einsum("bl,bld->bd", full, values)
         k = min(self.top_k, scores.shape[1])
@@ -384,6 +374,6 @@ class DARE(RankingModel):
         if self.l2 <= 0:
             return total
         for name, param in self.named_parameters():
-            if "bias" not in name and "embedding" not in name:
+            if "bias" not in name and "embedding" not in name and not name.startswith("item_side."):
                 total = total + param.pow(2).sum()
         return self.l2 * total

@@ -25,8 +25,15 @@ Deliberate departures (each a switch where the sources differ):
     * The official code feeds [u, v_t, u ⊙ v_t] with BatchNorm to its main MLP;
       ``interaction="concat_product"`` adds the product term; BatchNorm is off by default
       because the authors' README reports that its misuse inflated the published numbers.
-    * User-profile and context features: none in the Amazon / Taobao setups we reproduce;
-      the user id embedding exists in the official code but is never used, likewise here.
+    * Side fields (the open feature contract; none in the Amazon / Taobao setups we
+      reproduce): item side fields (attributes, genres, numbers, frozen content vectors)
+      extend the behaviour embedding, e(i) = [item ‖ category ‖ side fields of i], for the
+      target and every history behaviour alike (looked up by item id in the model's side
+      table); user-profile and context fields are embedded (``field_dim`` wide) and
+      concatenated to the main MLP's input, [v_U, v_t, profile..., context...], as the
+      paper's Fig. 2 shows. A core-only spec gives exactly the first-phase model. The user
+      id embedding exists in the official code but is never used, likewise here. The MBA /
+      batch L2 covers the item and category tables; "full" covers every table.
     * The first attention layer is evaluated as q(Wa+Wc) + k(Wb−Wc) + (q⊙k)Wd (identical
       math, no [B, L, 4D] tensor), through kernels.din_attention.
     * Dice statistics are taken over valid (non-padding) behaviours only.
@@ -45,7 +52,7 @@ Deliberate departures (each a switch where the sources differ):
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +61,7 @@ from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
 from .registry import register
-from .inputs import embed_batch, embedding_l2
+from .inputs import embed_batch, embed_fields, profile_embedding, profile_l2, user_and_context_fields
 from .layers.attention import ActivationUnitAttention
 from .layers.embedding import BehaviorEmbedding
 from .layers.mlp import MLP
@@ -65,8 +72,9 @@ class DIN(RankingModel):
     """Deep Interest Network (see module docstring).
 
     Args:
-        features: vocabulary sizes from the data.
-        item_dim, category_dim: embedding widths (D = item_dim + category_dim).
+        features: the fields of the run (sizes from the data); side fields are used as the
+            module docstring says.
+        item_dim, category_dim: embedding widths (D = item_dim + category_dim + side widths).
         attention_units: hidden widths of the activation unit's MLP.
         attention_activation: "prelu" | "dice" | "sigmoid" | "relu".
         use_softmax: softmax-normalised attention (official code) instead of raw weights (paper).
@@ -79,6 +87,8 @@ class DIN(RankingModel):
         attention_backend: "auto" | "torch" | "triton".
         linear_init: "xavier_normal" (default) | "torch" (PyTorch's default Linear init).
         prelu_init: initial PReLU slope (0.1, official code and FuxiCTR).
+        field_dim: width of each side field (item, profile, context); None = category_dim.
+        ids_pooling: "mean" | "sum" over the ids of a multi-valued field.
     """
 
     def __init__(self, features: FeatureSpec, *, item_dim: int = 64, category_dim: int = 64,
@@ -87,17 +97,22 @@ class DIN(RankingModel):
                  dropout: float = 0.0, batch_norm: bool = False, interaction: str = "concat",
                  l2_embedding: float = 0.0, l2_mode: str = "mba", embedding_init_std: float = 1e-4,
                  attention_backend: str = "auto", linear_init: str = "xavier_normal",
-                 prelu_init: float = 0.1) -> None:
+                 prelu_init: float = 0.1, field_dim: Optional[int] = None, ids_pooling: str = "mean") -> None:
         super().__init__(features)
         if interaction not in ("concat", "concat_product"):
             raise ValueError(f"interaction must be 'concat' or 'concat_product', got {interaction!r}")
-        self.embedding = BehaviorEmbedding(features.num_items, features.num_categories, item_dim, category_dim,
-                                           embedding_init_std)
+        self.embedding = BehaviorEmbedding(features, item_dim, category_dim, embedding_init_std,
+                                           field_dim=field_dim, pooling=ids_pooling)
         dim = self.embedding.dim
         self.attention = ActivationUnitAttention(dim, attention_units, attention_activation, use_softmax,
                                                  attention_backend)
         self.interaction = interaction
+        self.field_names = user_and_context_fields(features)
+        self.fields = profile_embedding(features, self.field_names, self.embedding,
+                                         category_dim if field_dim is None else field_dim, embedding_init_std,
+                                         ids_pooling)
         in_dim = dim * (3 if interaction == "concat_product" else 2)
+        in_dim += sum(self.fields.width(name) for name in self.field_names) if self.fields is not None else 0
         self.mlp = MLP(in_dim, mlp_units, mlp_activation, dropout, batch_norm, output_dim=1)
         self.l2_embedding, self.l2_mode = l2_embedding, l2_mode
         self._init_dense(linear_init, prelu_init)
@@ -117,7 +132,7 @@ class DIN(RankingModel):
 
     def user_interest(self, batch: Batch) -> "tuple[Tensor, Tensor]":
         """(v_U [B, D], v_t [B, D])."""
-        emb = embed_batch(self.embedding, batch)
+        emb = embed_batch(self.embedding, batch, self.item_side)
         if emb.offsets is None:
             pooled = self.attention(emb.target, emb.history, lengths=emb.lengths)
         else:
@@ -127,10 +142,13 @@ class DIN(RankingModel):
     def forward(self, batch: Batch) -> RankingOutput:
         interest, target = self.user_interest(batch)
         parts = [interest, target] + ([interest * target] if self.interaction == "concat_product" else [])
+        if self.fields is not None:
+            parts += embed_fields(self.fields, batch, self.features, self.field_names)
         return RankingOutput(logit=self.mlp(torch.cat(parts, dim=-1)).squeeze(-1))
 
     def regularization(self, batch: Batch) -> Tensor:
-        return embedding_l2(self.embedding, batch, self.l2_embedding, self.l2_mode)
+        return profile_l2(self.embedding, self.fields, batch, self.l2_embedding, self.l2_mode)
 
     def set_id_frequencies(self, item_counts: Tensor, category_counts: Tensor) -> None:
         self.embedding.set_frequencies(item_counts, category_counts)
+

@@ -6,14 +6,16 @@ category) and summed into one fixed-length vector regardless of the candidate, t
 concatenated with the candidate's embedding into the same MLP as DIN. It is the
 pooled-history model DIN's target attention is measured against.
 
-Departures: one logit + sigmoid instead of 2-way softmax; no user-profile or context
-fields (none in the setups we reproduce); ``pooling="mean"`` is offered besides the
-paper's sum.
+Departures: one logit + sigmoid instead of 2-way softmax; ``pooling="mean"`` is offered
+besides the paper's sum. Side fields as in DIN (none in the setups we reproduce): item side
+fields extend the behaviour embedding of the target and of every history behaviour;
+user-profile and context fields are concatenated to the MLP input,
+[pooled, v_t, profile..., context...]. A core-only spec is the first-phase model exactly.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -22,7 +24,7 @@ from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
 from .registry import register
-from .inputs import embed_batch, embedding_l2
+from .inputs import embed_batch, embed_fields, profile_embedding, profile_l2, user_and_context_fields
 from .layers.embedding import BehaviorEmbedding
 from .layers.mlp import MLP
 
@@ -38,28 +40,39 @@ class EmbeddingMLP(RankingModel):
         mlp_units, mlp_activation, dropout, batch_norm: the main MLP (as DIN's).
         l2_embedding, l2_mode: embedding L2 (as DIN's).
         embedding_init_std: std of the normal init of the embedding tables.
+        field_dim: width of each side field (item, profile, context); None = category_dim.
+        ids_pooling: "mean" | "sum" over the ids of a multi-valued field.
     """
 
     def __init__(self, features: FeatureSpec, *, item_dim: int = 64, category_dim: int = 64,
                  pooling: str = "sum", mlp_units: List[int] = [200, 80], mlp_activation: str = "prelu",
                  dropout: float = 0.0, batch_norm: bool = False, l2_embedding: float = 0.0, l2_mode: str = "mba",
-                 embedding_init_std: float = 1e-4) -> None:
+                 embedding_init_std: float = 1e-4, field_dim: Optional[int] = None,
+                 ids_pooling: str = "mean") -> None:
         super().__init__(features)
         if pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
-        self.embedding = BehaviorEmbedding(features.num_items, features.num_categories, item_dim, category_dim,
-                                           embedding_init_std)
+        self.embedding = BehaviorEmbedding(features, item_dim, category_dim, embedding_init_std,
+                                           field_dim=field_dim, pooling=ids_pooling)
         self.pooling = pooling
-        self.mlp = MLP(2 * self.embedding.dim, mlp_units, mlp_activation, dropout, batch_norm, output_dim=1)
+        self.field_names = user_and_context_fields(features)
+        self.fields = profile_embedding(features, self.field_names, self.embedding,
+                                        category_dim if field_dim is None else field_dim, embedding_init_std,
+                                        ids_pooling)
+        in_dim = 2 * self.embedding.dim
+        in_dim += sum(self.fields.width(name) for name in self.field_names) if self.fields is not None else 0
+        self.mlp = MLP(in_dim, mlp_units, mlp_activation, dropout, batch_norm, output_dim=1)
         self.l2_embedding, self.l2_mode = l2_embedding, l2_mode
 
     def forward(self, batch: Batch) -> RankingOutput:
-        emb = embed_batch(self.embedding, batch)
-        pooled = emb.pooled_sum() if self.pooling == "sum" else emb.pooled_mean()
-        return RankingOutput(logit=self.mlp(torch.cat([pooled, emb.target], dim=-1)).squeeze(-1))
+        emb = embed_batch(self.embedding, batch, self.item_side)
+        parts = [emb.pooled(self.pooling), emb.target]
+        if self.fields is not None:
+            parts += embed_fields(self.fields, batch, self.features, self.field_names)
+        return RankingOutput(logit=self.mlp(torch.cat(parts, dim=-1)).squeeze(-1))
 
     def regularization(self, batch: Batch) -> Tensor:
-        return embedding_l2(self.embedding, batch, self.l2_embedding, self.l2_mode)
+        return profile_l2(self.embedding, self.fields, batch, self.l2_embedding, self.l2_mode)
 
     def set_id_frequencies(self, item_counts: Tensor, category_counts: Tensor) -> None:
         self.embedding.set_frequencies(item_counts, category_counts)

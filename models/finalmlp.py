@@ -15,8 +15,11 @@ What it computes:
 ``dual_mlp=True`` gives the DualMLP ablation: logit = MLP'_1(e) + MLP'_2(e), each ending
 in a Linear to 1, no gating and no bilinear fusion.
 
-Fields here: user id, target item, target category, and the behaviour history (item and
-category), F = 5. Defaults are the paper's best MovielensLatest_x1 setting (BARS): D = 10,
+Fields: every field of the run's spec — the user id, the target's behaviour embedding
+[item ‖ category ‖ item side fields] and the history's (pooled), then the user-profile and
+context fields; F·D = D·(1 + 2·(2 + S) + P + C) for S item side, P profile and C context
+fields (core-only: F = 5, the first-phase model exactly). Defaults are the paper's best
+MovielensLatest_x1 setting (BARS): D = 10,
 mlp1 [400] (dropout 0.4), mlp2 [800] (dropout 0.2), gate hidden [800], 10 heads, BatchNorm,
 embedding L2 0.01 over the whole tables, no gate context (learned global vectors).
 Initialisation as in the official code: embeddings N(0, 1e-4²), Linear weights
@@ -29,15 +32,20 @@ Deliberate departures:
       and of the category embeddings, two fields). ``sequence="attention"`` instead pools
       the history with DIN's activation unit against the target — **our extension**, not
       in the paper; the two pooled halves still count as two fields.
-    * Gate context can name only the id fields (user, item, category), each looked up in a
-      gate-specific table as in FuxiCTR; the history cannot be gate context.
+    * Gate context (``fs1_context`` / ``fs2_context``) may name any field with one value per
+      sample — user, item, category, item side fields (of the target), profile and context
+      fields — each embedded by a gate-specific table/projection as in FuxiCTR; per-behaviour
+      fields (the history, ``behavior``) cannot be gate context (a ConfigError).
+    * Multi-valued (ids) fields are mean-pooled (``ids_pooling``), numbers embedded as
+      (x − mean)/std · v, dense vectors through a Linear (see layers.features): FuxiCTR's
+      field embeddings.
     * One logit + sigmoid, as in the paper.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -46,12 +54,12 @@ from recsys.contract import Batch
 
 from .base import FeatureSpec, RankingModel, RankingOutput
 from .registry import register
-from .inputs import embed_batch
+from .inputs import (check_sample_fields, embed_batch, embed_fields, profile_embedding, sample_field_values,
+                     user_and_context_fields)
 from .layers.attention import ActivationUnitAttention
 from .layers.embedding import BehaviorEmbedding
+from .layers.features import FeatureEmbedding, ItemSideTable
 from .layers.mlp import MLP
-
-CONTEXT_FIELDS = ("user", "item", "category")
 
 
 class FeatureGate(nn.Module):
@@ -59,26 +67,25 @@ class FeatureGate(nn.Module):
     global context (zero vector, zero output bias)."""
 
     def __init__(self, features: FeatureSpec, context: List[str], dim: int, out_dim: int,
-                 hidden_units: List[int]) -> None:
+                 hidden_units: List[int], pooling: str = "mean") -> None:
         super().__init__()
-        unknown = sorted(set(context) - set(CONTEXT_FIELDS))
-        if unknown:
-            raise ValueError(f"gate context fields {unknown} unknown; choose from {CONTEXT_FIELDS}")
+        check_sample_fields(features, context, "FinalMLP gate context")
+        self.features = features
         self.context = list(context)
-        sizes = {"user": features.num_users, "item": features.num_items, "category": features.num_categories}
-        self.tables = nn.ModuleDict({name: nn.Embedding(sizes[name], dim, padding_idx=0) for name in self.context})
-        for table in self.tables.values():
-            nn.init.normal_(table.weight, std=1e-4)
+        # ``tables``: the gate's own field embeddings (user/item/category ids keep the names
+        # tables.user, tables.item, ... of the first phase)
+        self.tables = FeatureEmbedding(features, self.context, dim, init_std=1e-4, pooling=pooling) \
+            if self.context else None
         self.global_context = None if self.context else nn.Parameter(torch.zeros(dim))
-        in_dim = dim * max(len(self.context), 1)
+        in_dim = sum(self.tables.width(n) for n in self.context) if self.context else dim
         self.mlp = MLP(in_dim, hidden_units, "relu", output_dim=out_dim)
 
-    def forward(self, batch: Batch) -> Tensor:
+    def forward(self, batch: Batch, item_side: Optional[ItemSideTable] = None) -> Tensor:
         if self.global_context is not None:
             context = self.global_context.expand(batch.size, -1)
         else:
-            ids = {"user": batch.user, "item": batch.target_item, "category": batch.target_category}
-            context = torch.cat([self.tables[name](ids[name]) for name in self.context], dim=-1)
+            context = torch.cat([self.tables.embed(name, sample_field_values(batch, self.features, item_side, name))
+                                 for name in self.context], dim=-1)
         return 2 * torch.sigmoid(self.mlp(context))
 
 
@@ -123,6 +130,7 @@ class FinalMLP(RankingModel):
         attention_units, attention_activation, attention_softmax: the activation unit of
             ``sequence="attention"`` (defaults: FuxiCTR's DIN, [64] Dice, no softmax).
         attention_backend: for ``sequence="attention"``.
+        ids_pooling: "mean" | "sum" over the ids of a multi-valued field.
     """
 
     def __init__(self, features: FeatureSpec, *, embedding_dim: int = 10, mlp1_units: List[int] = [400],
@@ -131,19 +139,24 @@ class FinalMLP(RankingModel):
                  fs1_context: List[str] = [], fs2_context: List[str] = [], num_heads: int = 10,
                  dual_mlp: bool = False, sequence: str = "mean", l2_embedding: float = 0.01,
                  attention_units: List[int] = [64], attention_activation: str = "dice",
-                 attention_softmax: bool = False, attention_backend: str = "auto") -> None:
+                 attention_softmax: bool = False, attention_backend: str = "auto",
+                 ids_pooling: str = "mean") -> None:
         super().__init__(features)
         if sequence not in ("mean", "attention"):
             raise ValueError(f"sequence must be 'mean' or 'attention', got {sequence!r}")
-        self.embedding = BehaviorEmbedding(features.num_items, features.num_categories, embedding_dim,
-                                           embedding_dim)
+        self.embedding = BehaviorEmbedding(features, embedding_dim, embedding_dim, field_dim=embedding_dim,
+                                           pooling=ids_pooling)
         self.user = nn.Embedding(features.num_users, embedding_dim, padding_idx=0)
         nn.init.normal_(self.user.weight, std=1e-4)
         self.sequence = sequence
-        self.attention = (ActivationUnitAttention(2 * embedding_dim, attention_units, attention_activation,
+        self.attention = (ActivationUnitAttention(self.embedding.dim, attention_units, attention_activation,
                                                   attention_softmax, attention_backend)
                           if sequence == "attention" else None)
-        width = 5 * embedding_dim
+        self.field_names = user_and_context_fields(features)
+        self.fields = profile_embedding(features, self.field_names, self.embedding, embedding_dim, 1e-4, ids_pooling,
+                                        shared={features["user"].table: self.user})
+        width = embedding_dim + 2 * self.embedding.dim
+        width += sum(self.fields.width(n) for n in self.field_names) if self.fields is not None else 0
         self.dual_mlp, self.use_fs = dual_mlp, use_fs and not dual_mlp
         if dual_mlp:
             self.mlp1 = MLP(width, mlp1_units, "relu", mlp1_dropout, batch_norm, output_dim=1)
@@ -153,8 +166,8 @@ class FinalMLP(RankingModel):
             self.mlp2 = MLP(width, mlp2_units, "relu", mlp2_dropout, batch_norm)
             self.fusion = BilinearFusion(self.mlp1.out_dim, self.mlp2.out_dim, num_heads)
         if self.use_fs:
-            self.gate1 = FeatureGate(features, fs1_context, embedding_dim, width, fs_hidden_units)
-            self.gate2 = FeatureGate(features, fs2_context, embedding_dim, width, fs_hidden_units)
+            self.gate1 = FeatureGate(features, fs1_context, embedding_dim, width, fs_hidden_units, ids_pooling)
+            self.gate2 = FeatureGate(features, fs2_context, embedding_dim, width, fs_hidden_units, ids_pooling)
         self.l2_embedding = l2_embedding
         for module in self.modules():   # FuxiCTR: Xavier-normal Linear weights, zero biases
             if isinstance(module, nn.Linear):
@@ -163,22 +176,26 @@ class FinalMLP(RankingModel):
                     nn.init.zeros_(module.bias)
 
     def field_embeddings(self, batch: Batch) -> Tensor:
-        """e = [user, item, category, history item, history category] → [B, 5·D]."""
-        emb = embed_batch(self.embedding, batch)
+        """e = [user, e(target), pooled e(history), profile..., context...] → [B, F·D]
+        (core-only: [user, item, category, history item, history category], 5·D)."""
+        emb = embed_batch(self.embedding, batch, self.item_side)
         if self.attention is None:
-            history = emb.pooled_mean()
+            history = emb.pooled("mean")
         elif emb.offsets is None:
             history = self.attention(emb.target, emb.history, lengths=emb.lengths)
         else:
             history = self.attention(emb.target, emb.history, offsets=emb.offsets)
-        return torch.cat([self.user(batch.user), emb.target, history], dim=-1)
+        parts = [self.user(batch.user), emb.target, history]
+        if self.fields is not None:
+            parts += embed_fields(self.fields, batch, self.features, self.field_names)
+        return torch.cat(parts, dim=-1)
 
     def forward(self, batch: Batch) -> RankingOutput:
         e = self.field_embeddings(batch)
         if self.dual_mlp:
             return RankingOutput(logit=(self.mlp1(e) + self.mlp2(e)).squeeze(-1))
-        h1 = self.gate1(batch) * e if self.use_fs else e
-        h2 = self.gate2(batch) * e if self.use_fs else e
+        h1 = self.gate1(batch, self.item_side) * e if self.use_fs else e
+        h2 = self.gate2(batch, self.item_side) * e if self.use_fs else e
         return RankingOutput(logit=self.fusion(self.mlp1(h1), self.mlp2(h2)))
 
     def regularization(self, batch: Batch) -> Tensor:
@@ -186,7 +203,10 @@ class FinalMLP(RankingModel):
             return self.user.weight.new_zeros(())
         # FuxiCTR adds (λ/2)·||θ||² of every embedding table each batch
         tables = self.embedding.penalty("full") + self.user.weight[1:].pow(2).sum()
+        if self.fields is not None:
+            tables = tables + self.fields.penalty()
         if self.use_fs:
             for gate in (self.gate1, self.gate2):
-                tables = tables + sum(t.weight[1:].pow(2).sum() for t in gate.tables.values())
+                if gate.tables is not None:
+                    tables = tables + gate.tables.penalty()
         return 0.5 * self.l2_embedding * tables

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from recsys.kernels.din_attention import din_attention, last_backend
+from recsys.kernels.din_attention import backend_for, din_attention
 from recsys.kernels.reference.din_attention import din_attention_padded
 from recsys.kernels.reference.din_attention_chunked import din_attention_chunked
 from tests.kernels_fixtures import PARAM_SLOTS, attention_mlp, gradcheck_case, history
@@ -102,9 +102,9 @@ def test_dispatcher_torch_is_chunked_and_reference_is_selectable(monkeypatch, th
     layers = attention_mlp(4, [6, 3], ["dice", "sigmoid"], False)
     kw = dict(hidden=layers, out_weight=torch.ones(3), out_bias=torch.zeros(()), use_softmax=True)
     a = din_attention(query, keys, lens, backend="torch", **kw)
-    assert last_backend() == "torch"
+    assert backend_for(query, keys, hidden=layers, backend="torch") == ("chunked" if threshold == 0 else "reference")
     b = din_attention(query, keys, lens, backend="reference", **kw)
-    assert last_backend() == "reference"
+    assert backend_for(query, keys, hidden=layers, backend="reference") == "reference"
     c = din_attention(query, keys_j, offsets=offsets, backend="torch", **kw)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(c, b)

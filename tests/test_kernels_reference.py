@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from recsys.kernels.attention_pooling import attention_pooling
-from recsys.kernels.attention_pooling import last_backend as pooling_backend
+from recsys.kernels.attention_pooling import backend_for as pooling_backend
 from recsys.kernels.din_attention import din_attention
-from recsys.kernels.din_attention import last_backend as din_backend
+from recsys.kernels.din_attention import backend_for as din_backend
 from recsys.kernels.reference.attention_pooling import attention_pooling_padded
 from recsys.kernels.reference.din_attention import HiddenLayer, apply_activation, din_attention_padded
 from recsys.kernels.reference.topk_attention import topk_target_attention_padded
 from recsys.kernels.topk_attention import topk_target_attention
-from recsys.kernels.topk_attention import last_backend as topk_backend
+from recsys.kernels.topk_attention import backend_for as topk_backend
 from recsys.kernels.validation import KernelInputError
 from tests.kernels_fixtures import attention_mlp, gradcheck_case, history
 
@@ -119,13 +119,18 @@ def test_jagged_equals_padded_on_reference():
 def test_auto_backend_on_cpu_is_torch():
     keys, lens, _, _ = history([2, 3], 4)
     query = torch.randn(2, 4)
-    attention_pooling(query, keys, lens)
-    assert pooling_backend() == "torch"
-    topk_target_attention(query, keys, keys, lens, k=1)
-    assert topk_backend() == "torch"
-    din_attention(query, keys, lens, hidden=attention_mlp(4, [3], ["sigmoid"], False), out_weight=torch.ones(3),
-                  out_bias=torch.zeros(()))
-    assert din_backend() == "torch"
+    assert pooling_backend(query, keys) == "torch"
+    assert topk_backend(query, keys) == "torch"
+    hidden = attention_mlp(4, [3], ["sigmoid"], False)
+    assert din_backend(query, keys, hidden=hidden) == "reference"       # small: the unchunked reference
+    assert din_backend(query, keys, hidden=hidden, backend="naive") == "naive"
+    assert din_backend(query, keys, hidden=hidden * 3, backend="auto") == "reference"   # > 2 layers: never fused
+    with pytest.raises(KernelInputError, match="backend"):
+        din_backend(query, keys, hidden=hidden, backend="cuda")
+    # the query is what the op runs: the naive form equals the reference on the same inputs
+    kw = dict(hidden=hidden, out_weight=torch.ones(3), out_bias=torch.zeros(()))
+    torch.testing.assert_close(din_attention(query, keys, lens, backend="naive", **kw),
+                               din_attention(query, keys, lens, **kw))
 
 
 def _pool(**overrides):

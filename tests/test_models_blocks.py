@@ -10,11 +10,17 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from recsys.contract import FeatureSpec
+
 from recsys.models.layers.activations import Dice, make_activation
 from recsys.models.layers.attention import ActivationUnitAttention
 from recsys.models.layers.embedding import BehaviorEmbedding
 from recsys.models.layers.mlp import MLP
-from recsys.models.layers.pooling import masked_mean, masked_sum
+from recsys.models.layers.pooling import pool_sequence
+
+
+def _spec(num_items: int, num_categories: int) -> FeatureSpec:
+    return FeatureSpec(num_users=2, num_items=num_items, num_categories=num_categories)
 
 
 def test_mlp_block_hand_computed_with_batch_norm_in_eval():
@@ -66,30 +72,35 @@ def test_dice_is_fuxictr_form_and_unknown_activations_are_rejected():
 
 def test_masked_pooling_ignores_padding_and_empty_rows_pool_to_zero():
     values = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[7.0, 7.0], [9.0, 9.0], [9.0, 9.0]]])
-    mask = torch.tensor([[True, True, False], [False, False, False]])
-    assert masked_sum(values, mask).tolist() == [[4.0, 6.0], [0.0, 0.0]]
-    assert masked_mean(values, mask).tolist() == [[2.0, 3.0], [0.0, 0.0]]
+    lengths = torch.tensor([2, 0])
+    assert pool_sequence(values, lengths, mode="sum").tolist() == [[4.0, 6.0], [0.0, 0.0]]
+    assert pool_sequence(values, lengths, mode="mean").tolist() == [[2.0, 3.0], [0.0, 0.0]]
+    jagged, offsets = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0, 2, 2])   # the same rows, jagged
+    assert pool_sequence(jagged, lengths, offsets, mode="sum").tolist() == [[4.0, 6.0], [0.0, 0.0]]
+    assert pool_sequence(jagged, lengths, offsets, mode="mean").tolist() == [[2.0, 3.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="pooling"):
+        pool_sequence(values, lengths, mode="max")
 
 
 def test_embedding_frequencies_at_construction_and_fallback():
     torch.manual_seed(0)
     counts_i, counts_c = torch.tensor([0, 0, 2, 8, 1, 4.0]), torch.tensor([0, 3, 5.0])
-    emb = BehaviorEmbedding(6, 3, 2, 2, init_std=1.0, item_frequency=counts_i, category_frequency=counts_c)
+    emb = BehaviorEmbedding(_spec(6, 3), 2, 2, init_std=1.0, item_frequency=counts_i, category_frequency=counts_c)
     items, cats = torch.tensor([[3, 5, 0], [3, 1, 0]]), torch.tensor([[2, 0, 0], [1, 1, 0]])
     w_i, w_c = emb.item.weight, emb.category.weight
     expected = (w_i[1].pow(2).sum() / 1 + w_i[3].pow(2).sum() / 8 + w_i[5].pow(2).sum() / 4
                 + w_c[1].pow(2).sum() / 3 + w_c[2].pow(2).sum() / 5)                 # id 1 has count 0 → n = 1
     assert emb.penalty("mba", items, cats).item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.equal(emb.state_dict()["item_frequency"], counts_i.clamp_min(1))   # saved with the weights
-    fallback = BehaviorEmbedding(6, 3, 2, 2, init_std=1.0)
+    fallback = BehaviorEmbedding(_spec(6, 3), 2, 2, init_std=1.0)
     fallback.load_state_dict({k: v for k, v in emb.state_dict().items() if "frequency" not in k}, strict=False)
     assert fallback.penalty("mba", items, cats).item() == pytest.approx(fallback.penalty("batch", items, cats).item())
     with pytest.raises(ValueError, match="both"):
-        BehaviorEmbedding(6, 3, 2, 2, item_frequency=counts_i)
+        BehaviorEmbedding(_spec(6, 3), 2, 2, item_frequency=counts_i)
     with pytest.raises(ValueError, match="non-negative"):
-        BehaviorEmbedding(6, 3, 2, 2, item_frequency=-counts_i, category_frequency=counts_c)
+        BehaviorEmbedding(_spec(6, 3), 2, 2, item_frequency=-counts_i, category_frequency=counts_c)
     with pytest.raises(ValueError, match="do not match"):
-        BehaviorEmbedding(6, 3, 2, 2, item_frequency=counts_i[:4], category_frequency=counts_c)
+        BehaviorEmbedding(_spec(6, 3), 2, 2, item_frequency=counts_i[:4], category_frequency=counts_c)
     with pytest.raises(ValueError, match="needs the batch"):
         emb.penalty("mba")
 

@@ -160,7 +160,7 @@ def test_switches_give_the_intended_parameter_sharing():
     assert [m.weight.shape for m in proj.attention_projection.maps] == [(4, 16)] * 3
     din = DARE(FEATURES, variant="din_topk")
     assert _tables(din) == {"representation"} and din.din_scorer is not None
-    assert din.din_scorer[0].in_features == 4 * 48 and din.din_scorer[0].out_features == 36
+    assert din.din_scorer.linears[0].in_features == 4 * 48 and din.din_scorer.linears[0].out_features == 36
     # DARE's attention tables get gradient only through the search; representation tables
     # only through pooling and the target — both are trained
     dare.train()

@@ -59,7 +59,7 @@ def gate(gate_module, batch) -> np.ndarray:
         context = np.repeat(np_(gate_module.global_context)[None], batch.size, 0)
     else:
         ids = {"user": batch.user, "item": batch.target_item, "category": batch.target_category}
-        context = np.concatenate([np_(gate_module.tables[name].weight)[ids[name].numpy()]
+        context = np.concatenate([np_(gate_module.tables.table(name).weight)[ids[name].numpy()]
                                   for name in gate_module.context], axis=1)
     hidden, _, out = gate_module.mlp.net
     return 2 * sigmoid(linear(out, relu(linear(hidden, context))))
@@ -112,9 +112,9 @@ def test_dual_mlp_is_the_sum_of_two_stream_logits():
 def test_gate_context_fields_use_their_own_tables():
     model = small(fs1_context=["user", "category"], fs2_context=["item"])
     batch = random_batch(batch=4, seed=14)
-    assert set(model.gate1.tables) == {"user", "category"} and set(model.gate2.tables) == {"item"}
-    assert model.gate1.tables["user"].weight.data_ptr() != model.user.weight.data_ptr()
-    g1 = model.gate1(batch)
+    assert set(model.gate1.tables.fields) == {"user", "category"} and set(model.gate2.tables.fields) == {"item"}
+    assert model.gate1.tables.table("user").weight.data_ptr() != model.user.weight.data_ptr()
+    g1 = model.gate1(batch, model.item_side)
     assert g1.shape == (4, 10) and bool(((g1 > 0) & (g1 < 2)).all())
     assert np.allclose(g1.detach().numpy(), gate(model.gate1, batch), atol=1e-6)
 
@@ -122,8 +122,8 @@ def test_gate_context_fields_use_their_own_tables():
 def test_finalmlp_regularization_is_half_lambda_times_every_table_norm():
     model = small(l2_embedding=0.2, fs1_context=["user"], fs2_context=["item"])
     batch = random_batch(batch=4, seed=15)
-    tables = [model.user, model.embedding.item, model.embedding.category, model.gate1.tables["user"],
-              model.gate2.tables["item"]]
+    tables = [model.user, model.embedding.item, model.embedding.category, model.gate1.tables.table("user"),
+              model.gate2.tables.table("item")]
     expected = 0.1 * sum(float(np_(t.weight)[1:].__pow__(2).sum()) for t in tables)
     assert model.regularization(batch).item() == pytest.approx(expected, rel=1e-5)
 

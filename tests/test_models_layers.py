@@ -31,6 +31,10 @@ def random_batch(batch=8, length=6, seed=0, empty_rows=(0,)):
                  hist_behavior=mask.long(), sample_index=torch.arange(batch))
 
 
+def _spec(num_items: int, num_categories: int) -> FeatureSpec:
+    return FeatureSpec(num_users=2, num_items=num_items, num_categories=num_categories)
+
+
 def test_activation_unit_hand_computed():
     # D = 1, one hidden unit with sigmoid; w1 rows for [q, k, q-k, q*k] = [1, 2, 3, 4], b1 = 0.5,
     # out weight 2, bias -1. q = 1, keys 0.5 and 2 (second row: one key).
@@ -78,7 +82,7 @@ def test_dice_uses_batch_statistics_in_training_and_running_ones_in_eval():
 
 
 def test_mba_l2_touches_only_batch_rows_scaled_by_frequency():
-    emb = BehaviorEmbedding(10, 4, 2, 2, init_std=1.0)
+    emb = BehaviorEmbedding(_spec(10, 4), 2, 2, init_std=1.0)
     emb.set_frequencies(torch.arange(10).float(), torch.ones(4))
     items, cats = torch.tensor([3, 3, 5, 0]), torch.tensor([2, 0])
     expected = (emb.item.weight[3].pow(2).sum() / 3 + emb.item.weight[5].pow(2).sum() / 5

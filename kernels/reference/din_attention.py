@@ -8,7 +8,12 @@ the [B, L, 4D] concatenation: with W1 = [Wa; Wb; Wc; Wd] (row blocks for q, k, q
         = q (Wa + Wc) + b1  +  k [(Wb - Wc) + diag(q) Wd],
 
 one per-target term plus one batched GEMM of the keys with a per-row [D, H1] matrix (see
-design/architecture.md).
+docs/kernels.md). ``din_attention_naive`` is the FuxiCTR form that does build the [B, L, 4D]
+concatenation: the eager baseline tests and benchmarks compare against (one copy of it).
+
+``activate`` is the one PyTorch dispatch of the attention MLP's activations (the Triton
+kernels evaluate the same formulas on chip); ``apply_activation`` adds Dice's batch
+statistics and running-average update, and is what the models' ``Dice`` module runs.
 """
 
 from __future__ import annotations
@@ -44,18 +49,35 @@ class HiddenLayer:
     eps: float = 1e-9
 
 
-def apply_activation(x: Tensor, layer: HiddenLayer, valid: Optional[Tensor] = None) -> Tensor:
-    """Activation of ``x`` [..., H]; ``valid`` ([...] bool) selects the rows Dice takes
-    batch statistics over (padding positions must not move the statistics)."""
-    kind = layer.activation
+ACTIVATIONS = ("sigmoid", "relu", "prelu", "dice")
+
+
+def activate(x: Tensor, kind: str, slope: Optional[Tensor] = None, alpha: Optional[Tensor] = None,
+             mean: Optional[Tensor] = None, var: Optional[Tensor] = None, eps: float = 1e-9) -> Tensor:
+    """x [..., H] → same shape. sigmoid | relu | prelu (``slope`` [H]) | dice (``alpha`` [H],
+    statistics ``mean``, ``var`` [H] given): Dice(s) = p·s + (1 − p)·α·s,
+    p = σ((s − mean) / sqrt(var + eps)) (DIN eq. 9)."""
     if kind == "sigmoid":
         return torch.sigmoid(x)
     if kind == "relu":
         return F.relu(x)
     if kind == "prelu":
         # the native op (one pass, fused backward) on [rows, H]: F.prelu's channel dim is dim 1
-        return F.prelu(x.reshape(-1, x.shape[-1]), layer.prelu_weight.to(x.dtype)).reshape(x.shape)
+        return F.prelu(x.reshape(-1, x.shape[-1]), slope.to(x.dtype)).reshape(x.shape)
     if kind == "dice":
+        p = torch.sigmoid((x - mean) * torch.rsqrt(var + eps))
+        return p * x + (1 - p) * alpha * x
+    raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+
+
+def apply_activation(x: Tensor, layer: HiddenLayer, valid: Optional[Tensor] = None) -> Tensor:
+    """Activation of ``x`` [..., H] as ``layer`` describes it (any object with HiddenLayer's
+    activation fields); ``valid`` ([...] bool) selects the rows Dice takes batch statistics
+    over in training (padding positions must not move the statistics). In training Dice
+    normalises with the biased batch variance and moves the running statistics by
+    ``momentum`` towards the batch mean and unbiased variance (BatchNorm's update)."""
+    mean = var = None
+    if layer.activation == "dice":
         if layer.training:
             rows = x[valid] if valid is not None else x.reshape(-1, x.shape[-1])
             if rows.shape[0] == 0:
@@ -68,13 +90,11 @@ def apply_activation(x: Tensor, layer: HiddenLayer, valid: Optional[Tensor] = No
                     if layer.running_mean is not None:
                         n = rows.shape[0]
                         unbiased = var * (n / max(n - 1, 1))
-                        layer.running_mean.lerp_(mean.detach(), layer.momentum)
-                        layer.running_var.lerp_(unbiased.detach(), layer.momentum)
+                        layer.running_mean.lerp_(mean.detach().to(layer.running_mean.dtype), layer.momentum)
+                        layer.running_var.lerp_(unbiased.detach().to(layer.running_var.dtype), layer.momentum)
         else:
             mean, var = layer.running_mean, layer.running_var
-        p = torch.sigmoid((x - mean) * torch.rsqrt(var + layer.eps))
-        return p * x + (1 - p) * layer.dice_alpha * x
-    raise ValueError(f"unknown activation {kind!r}; expected sigmoid, relu, prelu or dice")
+    return activate(x, layer.activation, layer.prelu_weight, layer.dice_alpha, mean, var, layer.eps)
 
 
 def din_attention_scores(query: Tensor, keys: Tensor, mask: Tensor, hidden: Sequence[HiddenLayer],
@@ -111,6 +131,31 @@ def din_attention_padded(query: Tensor, keys: Tensor, lengths: Tensor, hidden: S
     if use_softmax:
         scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=1).nan_to_num(0.0)             # empty rows → 0
+    else:
+        weights = scores * mask
+    return torch.einsum("bl,bld->bd", weights.to(values.dtype), values)
+
+
+def din_scores_naive(query: Tensor, keys: Tensor, mask: Tensor, hidden: Sequence[HiddenLayer],
+                     out_weight: Tensor, out_bias: Tensor) -> Tensor:
+    """The same scores [B, L] as ``din_attention_scores`` through the explicit [B, L, 4D]
+    concatenation [q, k, q − k, q ⊙ k] (FuxiCTR's form; the eager baseline)."""
+    q = query.unsqueeze(1).expand_as(keys)
+    x = torch.cat([q, keys, q - keys, q * keys], dim=-1)                  # [B, L, 4D]
+    for layer in hidden:
+        x = apply_activation(x @ layer.weight + layer.bias, layer, mask)  # [B, L, H]
+    return x @ out_weight + out_bias
+
+
+def din_attention_naive(query: Tensor, keys: Tensor, lengths: Tensor, hidden: Sequence[HiddenLayer],
+                        out_weight: Tensor, out_bias: Tensor, values: Optional[Tensor] = None,
+                        use_softmax: bool = False) -> Tensor:
+    """``din_attention_padded`` with the naive scorer: pooled [B, Dv] (benchmark baseline)."""
+    values = keys if values is None else values
+    mask = torch.arange(keys.shape[1], device=keys.device).unsqueeze(0) < lengths.unsqueeze(1)
+    scores = din_scores_naive(query, keys, mask, hidden, out_weight, out_bias)
+    if use_softmax:
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
     else:
         weights = scores * mask
     return torch.einsum("bl,bld->bd", weights.to(values.dtype), values)

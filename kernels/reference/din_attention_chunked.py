@@ -23,10 +23,9 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .din_attention import HiddenLayer
+from .din_attention import HiddenLayer, activate
 
 _PARAM_SLOTS = ("weight", "bias", "prelu_weight", "dice_alpha")
 
@@ -37,20 +36,6 @@ def default_chunk(batch: int, widest_hidden: int, cuda: bool = False) -> int:
     cache, is the limit (backend="torch" on CUDA tensors)."""
     budget = 1 << 26 if cuda else 1 << 20
     return max(8, budget // max(1, batch * widest_hidden))
-
-
-def _activate(x: Tensor, kind: str, slope: Optional[Tensor], alpha: Optional[Tensor],
-              mean: Optional[Tensor], var: Optional[Tensor], eps: float) -> Tensor:
-    if kind == "sigmoid":
-        return torch.sigmoid(x)
-    if kind == "relu":
-        return F.relu(x)
-    if kind == "prelu":   # as the reference: the native op, slope at and below zero
-        return F.prelu(x.reshape(-1, x.shape[-1]), slope.to(x.dtype)).reshape(x.shape)
-    if kind == "dice":
-        p = torch.sigmoid((x - mean) * torch.rsqrt(var + eps))
-        return p * x + (1 - p) * alpha * x
-    raise ValueError(f"unknown activation {kind!r}; expected sigmoid, relu, prelu or dice")
 
 
 class _Net:
@@ -76,7 +61,7 @@ class _Net:
             if upto == i:
                 return x
             mean, var = self.stats[i] if self.stats[i] is not None else (layer.running_mean, layer.running_var)
-            x = _activate(x, layer.activation, self.p(i, "prelu_weight"), self.p(i, "dice_alpha"), mean, var, layer.eps)
+            x = activate(x, layer.activation, self.p(i, "prelu_weight"), self.p(i, "dice_alpha"), mean, var, layer.eps)
             if i + 1 < len(self.layers):
                 x = x @ self.p(i + 1, "weight") + self.p(i + 1, "bias")
         return x @ self.params[-2] + self.params[-1]

@@ -3,8 +3,9 @@
 from .activations import Dice, make_activation
 from .attention import ActivationUnitAttention
 from .embedding import BehaviorEmbedding
+from .features import FeatureEmbedding, ItemSideTable
 from .mlp import MLP
-from .pooling import masked_mean, masked_sum
+from .pooling import pool_sequence
 
-__all__ = ["ActivationUnitAttention", "BehaviorEmbedding", "Dice", "MLP", "make_activation", "masked_mean",
-           "masked_sum"]
+__all__ = ["ActivationUnitAttention", "BehaviorEmbedding", "Dice", "FeatureEmbedding", "ItemSideTable", "MLP",
+           "make_activation", "pool_sequence"]

@@ -1,5 +1,5 @@
 """DIN's local activation unit as a module: owns the attention-MLP parameters and calls
-the kernels dispatcher (PyTorch reference or fused Triton kernel)."""
+the kernels dispatcher (PyTorch reference, chunked CPU path or fused Triton kernel)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from recsys.kernels.din_attention import din_attention
-from recsys.kernels.reference.din_attention import HiddenLayer
+from recsys.kernels.din_attention import HiddenLayer, din_attention, din_scores
 
-from .activations import Dice
+from .activations import kernel_fields, make_activation
 
 ATTENTION_ACTIVATIONS = ("sigmoid", "relu", "prelu", "dice")
 
@@ -20,7 +19,8 @@ class ActivationUnitAttention(nn.Module):
     """pooled = Σ_j w_j v_j with w_j = MLP([q, k_j, q − k_j, q ⊙ k_j]) (or its softmax).
 
     The first Linear is [4D → H1] over the concatenation in that order, but the op computes
-    it as q(Wa+Wc) + k(Wb−Wc) + (q⊙k)Wd, so no [B, L, 4D] tensor is built.
+    it as q(Wa+Wc) + k(Wb−Wc) + (q⊙k)Wd, so no [B, L, 4D] tensor is built. The activations
+    are ``make_activation`` modules (PReLU, Dice, ...); the kernels read their parameters.
 
     Args:
         dim: D, width of query and keys.
@@ -42,47 +42,34 @@ class ActivationUnitAttention(nn.Module):
         self.activation, self.use_softmax, self.backend = activation, use_softmax, backend
         widths = [4 * dim] + list(hidden_units)
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.acts = nn.ModuleList(self._act(units) for units in hidden_units)
+        self.acts = nn.ModuleList(make_activation(activation, units) for units in hidden_units)
         self.out = nn.Linear(widths[-1], 1)
 
-    def _act(self, units: int) -> nn.Module:
-        if self.activation == "prelu":
-            return nn.PReLU(units)
-        if self.activation == "dice":
-            return Dice(units)
-        return nn.Identity()   # sigmoid / relu carry no parameters
+    def hidden_layers(self) -> List[HiddenLayer]:
+        """The MLP as the kernels take it (views of this module's parameters, not copies)."""
+        return [HiddenLayer(weight=linear.weight.t(), bias=linear.bias, activation=self.activation,
+                            training=self.training, **kernel_fields(act))
+                for linear, act in zip(self.linears, self.acts)]
 
-    def _layers(self) -> List[HiddenLayer]:
-        layers = []
-        for linear, act in zip(self.linears, self.acts):
-            spec = HiddenLayer(weight=linear.weight.t(), bias=linear.bias, activation=self.activation,
-                               training=self.training)
-            if isinstance(act, nn.PReLU):
-                spec.prelu_weight = act.weight
-            elif isinstance(act, Dice):
-                spec.dice_alpha = act.alpha
-                spec.running_mean, spec.running_var = act.norm.running_mean, act.norm.running_var
-                spec.momentum, spec.eps = act.norm.momentum, act.norm.eps
-            layers.append(spec)
-        return layers
+    _layers = hidden_layers   # the first-phase name
 
     def forward(self, query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
-                offsets: Optional[Tensor] = None, values: Optional[Tensor] = None) -> Tensor:
-        """query [B, D]; keys [B, L, D] + lengths [B] or [N, D] + offsets [B + 1] → [B, Dv]."""
-        return din_attention(query, keys, lengths, hidden=self._layers(), out_weight=self.out.weight[0],
+                offsets: Optional[Tensor] = None, values: Optional[Tensor] = None,
+                backend: Optional[str] = None) -> Tensor:
+        """query [B, D]; keys [B, L, D] + lengths [B] or [N, D] + offsets [B + 1] → [B, Dv].
+        ``backend`` overrides the module's (e.g. "naive" for the [B, L, 4D] baseline)."""
+        return din_attention(query, keys, lengths, hidden=self.hidden_layers(), out_weight=self.out.weight[0],
                              out_bias=self.out.bias[0], values=values, use_softmax=self.use_softmax,
-                             offsets=offsets, backend=self.backend)
+                             offsets=offsets, backend=self.backend if backend is None else backend)
+
+    def scores(self, query: Tensor, keys: Tensor, lengths: Tensor, naive: bool = False) -> Tensor:
+        """Raw scores [B, L] of padded keys [B, L, D] (padding positions: mask them)."""
+        return din_scores(query, keys, lengths, hidden=self.hidden_layers(), out_weight=self.out.weight[0],
+                          out_bias=self.out.bias[0], naive=naive)
 
     @torch.no_grad()
     def scores_naive(self, query: Tensor, keys: Tensor) -> Tensor:
-        """Scores [B, L] through the explicit [B, L, 4D] concatenation (FuxiCTR's form);
-        for tests and benchmarks only."""
-        q = query.unsqueeze(1).expand_as(keys)
-        x = torch.cat([q, keys, q - keys, q * keys], dim=-1)
-        for linear, act in zip(self.linears, self.acts):
-            x = linear(x)
-            if self.activation in ("sigmoid", "relu"):
-                x = torch.sigmoid(x) if self.activation == "sigmoid" else torch.relu(x)
-            else:   # PReLU / Dice act on the last dim: flatten [B, L, H] → [B·L, H]
-                x = act(x.reshape(-1, x.shape[-1])).reshape(x.shape)
-        return self.out(x).squeeze(-1)
+        """Scores [B, L] through the explicit [B, L, 4D] concatenation (FuxiCTR's form), every
+        position valid; for tests and benchmarks."""
+        lengths = torch.full((keys.shape[0],), keys.shape[1], dtype=torch.int64, device=keys.device)
+        return self.scores(query, keys, lengths, naive=True)
