@@ -41,22 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recsys.kernels.din_attention import din_attention  # noqa: E402
-from recsys.kernels.reference.din_attention import HiddenLayer, apply_activation, din_attention_padded  # noqa: E402
+from recsys.kernels.din_attention import HiddenLayer  # noqa: E402
+from recsys.kernels.reference.din_attention import din_attention_padded  # noqa: E402
 from recsys.kernels.reference.din_attention_chunked import din_attention_chunked  # noqa: E402
 
 HIDDEN = (80, 40)      # DIN official code's attention MLP (default; --hidden overrides)
 ACTIVATION = "sigmoid"
-
-
-def naive_din(query, keys, lengths, hidden, out_weight, out_bias):
-    """FuxiCTR-style eager attention: explicit [B, L, 4D] concatenation, masked weighted sum."""
-    q = query.unsqueeze(1).expand_as(keys)
-    x = torch.cat([q, keys, q - keys, q * keys], dim=-1)                   # [B, L, 4D]
-    for layer in hidden:
-        x = apply_activation(x @ layer.weight + layer.bias, layer)          # [B, L, H]
-    scores = x @ out_weight + out_bias
-    mask = torch.arange(keys.shape[1], device=keys.device).unsqueeze(0) < lengths.unsqueeze(1)
-    return torch.einsum("bl,bld->bd", scores * mask, keys)
 
 
 def make_inputs(batch, length, dim, device, dtype, seed=0, hidden_sizes=HIDDEN, activation=ACTIVATION):
@@ -79,8 +69,8 @@ def make_inputs(batch, length, dim, device, dtype, seed=0, hidden_sizes=HIDDEN, 
 
 
 def implementation(name):
-    if name == "naive":
-        return naive_din
+    if name == "naive":   # the kernels' one copy of FuxiCTR's [B, L, 4D] form
+        return lambda q, k, l, h, w, b: din_attention(q, k, l, hidden=h, out_weight=w, out_bias=b, backend="naive")
     if name == "reference":
         return lambda q, k, l, h, w, b: din_attention_padded(q, k, l, h, w, b)
     if name == "chunked":

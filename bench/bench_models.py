@@ -17,18 +17,16 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from recsys.contract import Batch
 from recsys.models.base import FeatureSpec
 from recsys.models.din import DIN
 from recsys.models.embedding_mlp import EmbeddingMLP
 from recsys.models.finalmlp import FinalMLP
-from recsys.models.layers.attention import ActivationUnitAttention
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,29 +41,6 @@ def make_batch(features: FeatureSpec, batch: int, length: int, seed: int = 0) ->
                  target_category=torch.randint(2, features.num_categories, (batch,), generator=g),
                  label=torch.randint(0, 2, (batch,), generator=g).float(), lengths=lengths,
                  hist_item=items, hist_category=(items % (features.num_categories - 2) + 2) * mask)
-
-
-def naive_forward(attn: ActivationUnitAttention, query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
-                  offsets: Optional[Tensor] = None, values: Optional[Tensor] = None) -> Tensor:
-    """FuxiCTR's form: build [B, L, 4D], run the attention MLP on it, mask, weighted sum."""
-    q = query.unsqueeze(1).expand_as(keys)
-    x = torch.cat([q, keys, q - keys, q * keys], dim=-1)                   # [B, L, 4D]
-    for linear, act in zip(attn.linears, attn.acts):
-        x = linear(x)
-        if attn.activation == "sigmoid":
-            x = torch.sigmoid(x)
-        elif attn.activation == "relu":
-            x = F.relu(x)
-        else:
-            x = act(x.reshape(-1, x.shape[-1])).reshape(x.shape)
-    scores = attn.out(x).squeeze(-1)                                        # [B, L]
-    mask = torch.arange(keys.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-    if attn.use_softmax:
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), 1).nan_to_num(0.0)
-    else:
-        weights = scores * mask
-    return torch.einsum("bl,bld->bd", weights, keys if values is None else values)
-
 
 
 def time_steps(model: torch.nn.Module, batch: Batch, steps: int, warmup: int) -> float:
@@ -134,10 +109,9 @@ def main() -> None:
 
 
 def naive_din(model: DIN) -> DIN:
-    """The same DIN whose attention runs FuxiCTR's concatenation form."""
-    attn = model.attention
-    attn.forward = lambda query, keys, lengths=None, offsets=None, values=None: naive_forward(  # type: ignore
-        attn, query, keys, lengths, offsets, values)
+    """The same DIN whose attention runs FuxiCTR's concatenation form (the kernels' "naive"
+    backend: [B, L, 4D] = [q, k, q − k, q ⊙ k] through the same MLP)."""
+    model.attention.backend = "naive"
     return model
 
 

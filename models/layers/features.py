@@ -174,10 +174,9 @@ class FeatureEmbedding(nn.Module):
         if values.dim() < 1:
             raise ConfigError(f"ids values must be [..., A] or Jagged, got shape {tuple(values.shape)}")
         lead, width = values.shape[:-1], values.shape[-1]
-        flat = values.reshape(-1, width)
-        if width == 0 or flat.shape[0] == 0:
+        if width == 0 or values.numel() == 0:   # no ids at all: every row is empty → zeros
             return table.weight.new_zeros(tuple(lead) + (table.embedding_dim,))
-        pooled = F.embedding_bag(flat, table.weight, mode=self.pooling, padding_idx=0)
+        pooled = F.embedding_bag(values.reshape(-1, width), table.weight, mode=self.pooling, padding_idx=0)
         return pooled.reshape(tuple(lead) + (table.embedding_dim,))
 
     def penalty(self) -> Tensor:
