@@ -27,7 +27,7 @@ import torch
 from recsys.data_pipelines.config import load_data_config
 from recsys.data_pipelines.loader import SampleLoader
 from recsys.data_pipelines.synthetic import SyntheticConfig, planted_interests
-from recsys.runner import load_run
+from recsys.runner import load_run, open_dataset
 
 
 def planted_lookup(dataset, data_config_path: str):
@@ -43,7 +43,8 @@ def planted_lookup(dataset, data_config_path: str):
 
 
 def search_quality(run_dir: str, split: str) -> dict:
-    config, model, dataset = load_run(run_dir)
+    config, model = load_run(run_dir)
+    dataset = open_dataset(config)
     planted = planted_lookup(dataset, config.data.build)
     model.eval()
     k = model.top_k

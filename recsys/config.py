@@ -1,10 +1,16 @@
 """Typed run configs: YAML → dataclasses and a model bound by ``class_path``/``init_args``.
 
 Binding and type checking go through jsonargparse (the LightningCLI convention): the model
-section names a ``RankingModel`` subclass (short name ``DIN`` or the full path
-``models.din.DIN``) and its constructor arguments; an unknown key anywhere, or a value of
-the wrong type, is an error that names the key. The model's ``features`` argument is not
-in the config: it comes from the built data's vocabularies.
+section names a ``RankingModel`` or ``RetrievalModel`` subclass (short name ``DIN`` or the
+full path ``recsys.models.din.DIN``) and its constructor arguments; the family decides the
+Lightning task (:mod:`recsys.task` or :mod:`recsys.retrieval_task`). An unknown key
+anywhere, or a value of the wrong type, is an error that names the key. The model's
+``features`` argument is not in the config: it comes from the built data's manifest,
+restricted to ``data.fields``.
+
+Value checks are declared as types (``Literal``, ``PositiveInt``) so jsonargparse rejects
+them at parse time with the key named; nothing here re-implements a check the loader or
+the task makes.
 """
 
 from __future__ import annotations
@@ -14,17 +20,20 @@ import importlib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
 from jsonargparse import ArgumentParser, Namespace
+from jsonargparse.typing import PositiveFloat, PositiveInt
 
-from recsys.models.base import RankingModel
+from recsys.models.base import RankingModel, RetrievalModel
 import recsys.models  # noqa: F401  (imports every model module, which registers itself)
-from recsys.models.registry import MODELS
+from recsys.models.registry import MODELS, family
 
 
 from recsys.errors import ConfigError  # noqa: E402,F401  (re-exported)
+
+DEFAULT_RETRIEVAL_MONITOR_K = 20
 
 
 @dataclass
@@ -32,20 +41,23 @@ class DataSection:
     """Where the samples come from and how they are batched.
 
     path: a built dataset directory; build: a data build config (YAML) that is built first
-    when its output does not exist yet. Give one of them.
+    when its output does not exist yet (``fit`` only: ``evaluate`` never builds). Give one.
+    fields: the side fields the model uses besides the core ``user, item, category,
+    behavior`` (names from the data config's ``fields``); None = core fields only.
     """
 
     path: Optional[str] = None
     build: Optional[str] = None
-    batch_size: int = 1024
-    eval_batch_size: int = 4096
-    max_length: Optional[int] = None
-    form: str = "padded"
+    fields: Optional[List[str]] = None
+    batch_size: PositiveInt = 1024
+    eval_batch_size: PositiveInt = 4096
+    max_length: Optional[PositiveInt] = None
+    form: Literal["padded", "jagged"] = "padded"
     num_workers: int = 0
     # training-order shuffle: blocks of this many consecutive (user-sorted) samples are
     # permuted, then the samples inside each block; >= the train split = a full permutation;
     # null = a full permutation up to 16.8M samples, else blocks of 65,536 (SampleLoader)
-    shuffle_block: Optional[int] = None
+    shuffle_block: Optional[PositiveInt] = None
 
 
 @dataclass
@@ -53,11 +65,11 @@ class OptimizerSection:
     """name: adam | adamw | sgd. schedule: none | exponential (gamma per epoch) | step
     (gamma every step_size epochs) | plateau (gamma when the monitored metric stalls)."""
 
-    name: str = "adam"
+    name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.0
-    schedule: str = "none"
+    schedule: Literal["none", "exponential", "step", "plateau"] = "none"
     gamma: float = 0.5
     step_size: int = 1
     min_lr: float = 1e-6
@@ -73,13 +85,38 @@ class TrainerSection:
     precision: str = "32-true"
     gradient_clip_val: Optional[float] = None
     early_stopping_patience: int = 2
-    monitor: str = "valid/auc"
+    # validation metric for early stopping and the best checkpoint (higher is better);
+    # null = valid/auc for ranking models, valid/recall@20 for retrieval models
+    monitor: Optional[str] = None
     val_check_interval: float = 1.0
     log_every_n_steps: int = 50
     limit_train_batches: Optional[Union[int, float]] = None
     limit_val_batches: Optional[Union[int, float]] = None
     num_threads: Optional[int] = None
     enable_progress_bar: bool = True
+
+
+@dataclass
+class RetrievalSection:
+    """Training objective and evaluation of retrieval models (ignored by ranking models).
+
+    negatives: ``uniform`` or ``popularity``: ``num_negatives`` item ids drawn once per
+    batch and shared by its rows (sampled softmax; popularity = training event counts);
+    ``in_batch``: the batch's other targets are the negatives. With ``logq_correction``
+    every logit is reduced by log Q(item) of its proposal (Yi et al., RecSys 2019; a
+    constant for uniform, so it only matters for popularity and in-batch).
+    Evaluation ranks every item (never sampled negatives) and reports Recall, HR and NDCG
+    at each of ``ks``; ``mask_history`` removes the items of the user's timeline before the
+    cut from the ranking (S3-Rec / ICLRec do this), ground-truth items excepted.
+    """
+
+    negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
+    num_negatives: PositiveInt = 1000
+    logq_correction: bool = True
+    temperature: PositiveFloat = 1.0
+    ks: List[PositiveInt] = field(default_factory=lambda: [5, 10, 20, 50])
+    mask_history: bool = True
+    item_chunk: PositiveInt = 65536   # items scored per matmul in full ranking (bounds [B, chunk] memory)
 
 
 @dataclass
@@ -103,11 +140,22 @@ class RunConfig:
     name: Optional[str] = None
     aux_loss_weights: Dict[str, float] = field(default_factory=dict)
     published: PublishedResult = field(default_factory=PublishedResult)
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
 
     @property
     def model_class(self) -> type:
-        module, _, name = self.model.class_path.rpartition(".")
-        return getattr(importlib.import_module(module), name)
+        return resolve_model_class(self.model.class_path)
+
+    @property
+    def family(self) -> str:
+        """"ranking" or "retrieval" (which Lightning task trains the model)."""
+        return family(self.model_class)
+
+    @property
+    def monitor(self) -> str:
+        if self.trainer.monitor is not None:
+            return self.trainer.monitor
+        return "valid/auc" if self.family == "ranking" else f"valid/recall@{DEFAULT_RETRIEVAL_MONITOR_K}"
 
     @property
     def model_init_args(self) -> Dict[str, Any]:
@@ -120,20 +168,28 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         out = {"model": {"class_path": self.model.class_path, "init_args": self.model_init_args}}
-        for key in ("data", "optimizer", "trainer", "published"):
+        for key in ("data", "optimizer", "trainer", "published", "retrieval"):
             out[key] = asdict(getattr(self, key))
         out.update(seed=self.seed, output_dir=self.output_dir, name=self.name,
                    aux_loss_weights=dict(self.aux_loss_weights))
         return out
 
 
+def resolve_model_class(class_path: str) -> type:
+    """The class of a full ``module.Class`` path (jsonargparse stores the full path)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(exit_on_error=False, default_env=False)
-    parser.add_subclass_arguments(RankingModel, "model", skip={"features"}, instantiate=False, required=True)
+    parser.add_subclass_arguments((RankingModel, RetrievalModel), "model", skip={"features"}, instantiate=False,
+                                  required=True)
     parser.add_class_arguments(DataSection, "data", instantiate=False)
     parser.add_class_arguments(OptimizerSection, "optimizer", instantiate=False)
     parser.add_class_arguments(TrainerSection, "trainer", instantiate=False)
     parser.add_class_arguments(PublishedResult, "published", instantiate=False)
+    parser.add_class_arguments(RetrievalSection, "retrieval", instantiate=False)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=str, default="runs/run")
     parser.add_argument("--name", type=Optional[str], default=None)
@@ -157,26 +213,54 @@ def parse_config(raw: dict, source: str = "<config>") -> RunConfig:
         if inner:
             message = f"model ({inner.group(1)}).init_args: {inner.group(2)}"
         raise ConfigError(f"{source}: {message}") from None
-    section = lambda cls, key: cls(**ns[key].as_dict())  # noqa: E731
+    section = lambda cls, key: cls(**_plain(ns[key].as_dict()))  # noqa: E731
     config = RunConfig(model=ns.model, data=section(DataSection, "data"),
                        optimizer=section(OptimizerSection, "optimizer"), trainer=section(TrainerSection, "trainer"),
                        seed=ns.seed, output_dir=ns.output_dir, name=ns.name,
-                       aux_loss_weights=dict(ns.aux_loss_weights), published=section(PublishedResult, "published"))
-    _check_values(config, source)
+                       aux_loss_weights=dict(ns.aux_loss_weights), published=section(PublishedResult, "published"),
+                       retrieval=section(RetrievalSection, "retrieval"))
+    if (config.data.path is None) == (config.data.build is None):
+        raise ConfigError(f"{source}: data needs exactly one of 'path' (a built dataset) or 'build' (a data config)")
     return config
+
+
+def _plain(value: Any) -> Any:
+    """jsonargparse's restricted numbers (PositiveInt, ...) as plain int/float, so configs
+    dump to YAML and compare equal to what was written."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    for kind in (int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
 
 
 def _check_model_name(model: Any, source: str) -> None:
     """A short name that is not registered gets a one-line error with the known names
     (jsonargparse would answer with a long union-type message)."""
     name = model.get("class_path") if isinstance(model, dict) else None
-    known = set(MODELS) | {cls.__name__ for cls in _subclasses(RankingModel)}
-    if not isinstance(name, str) or "." in name or name in known:
+    known = set(MODELS) | {cls.__name__ for base in (RankingModel, RetrievalModel) for cls in _subclasses(base)}
+    if isinstance(name, str) and "." in name:
+        try:
+            cls = resolve_model_class(name)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(f"{source}: model.class_path {name!r} cannot be imported") from None
+        try:
+            family(cls)
+        except TypeError:
+            raise ConfigError(f"{source}: model.class_path {name!r} is neither a RankingModel nor a "
+                              "RetrievalModel subclass") from None
+        return
+    if not isinstance(name, str) or name in known:
         return
     close = difflib.get_close_matches(name, sorted(known), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise ConfigError(f"{source}: model.class_path {name!r} is not a registered model; {hint}"
-                      f"known: {', '.join(sorted(known))} (or a full path such as models.din.DIN)")
+                      f"known: {', '.join(sorted(known))} (or a full path such as recsys.models.din.DIN)")
 
 
 def _subclasses(cls: type) -> list:
@@ -184,23 +268,6 @@ def _subclasses(cls: type) -> list:
     for sub in cls.__subclasses__():
         out += [sub] + _subclasses(sub)
     return out
-
-
-def _check_values(config: RunConfig, source: str) -> None:
-    data = config.data
-    if (data.path is None) == (data.build is None):
-        raise ConfigError(f"{source}: data needs exactly one of 'path' (a built dataset) or 'build' (a data config)")
-    if data.form not in ("padded", "jagged"):
-        raise ConfigError(f"{source}: data.form must be 'padded' or 'jagged', got {data.form!r}")
-    if config.optimizer.name not in ("adam", "adamw", "sgd"):
-        raise ConfigError(f"{source}: optimizer.name must be adam, adamw or sgd, got {config.optimizer.name!r}")
-    if config.optimizer.schedule not in ("none", "exponential", "step", "plateau"):
-        raise ConfigError(f"{source}: optimizer.schedule must be none, exponential, step or plateau, "
-                          f"got {config.optimizer.schedule!r}")
-    if data.batch_size < 1 or data.eval_batch_size < 1:
-        raise ConfigError(f"{source}: batch sizes must be >= 1")
-    if data.shuffle_block is not None and data.shuffle_block < 1:
-        raise ConfigError(f"{source}: data.shuffle_block must be >= 1, got {data.shuffle_block}")
 
 
 def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> RunConfig:

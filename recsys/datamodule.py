@@ -13,8 +13,9 @@ from recsys.data_pipelines.loader import SampleLoader
 from .config import DataSection
 
 
-class RankingDataModule(L.LightningDataModule):
-    """Train (shuffled, seeded per epoch), valid and test loaders of ``Batch``.
+class SampleDataModule(L.LightningDataModule):
+    """Train (shuffled, seeded per epoch), valid and test loaders of ``Batch`` (both model
+    families; the batches carry the run's ``data.fields``).
 
     Sharding by DDP rank happens inside SampleLoader (the rank and world size come from the
     trainer); sharding by worker happens per DataLoader worker.
@@ -33,7 +34,7 @@ class RankingDataModule(L.LightningDataModule):
         rank, world = self._rank()
         return SampleLoader(self.dataset, split, batch_size, max_length=self.config.max_length, form=self.config.form,
                             shuffle=shuffle, seed=self.seed, rank=rank, world_size=world, drop_last=drop_last,
-                            shuffle_block=self.config.shuffle_block)
+                            shuffle_block=self.config.shuffle_block, fields=self.config.fields)
 
     def _wrap(self, loader: SampleLoader) -> DataLoader:
         workers = self.config.num_workers

@@ -1,15 +1,26 @@
-"""CTR metrics: AUC, GAUC (grouped by user), logloss, RelaImpr.
+"""CTR metrics (AUC, GAUC grouped by user, logloss, RelaImpr) and full-ranking retrieval
+metrics (Recall, HitRate and NDCG at K).
 
 GAUC is computed for all groups at once: one lexsort by (group, score), tie-averaged
 ranks inside each group, and per-group rank sums with ``np.bincount`` — no Python loop
 over users. It equals scikit-learn's ``roc_auc_score`` per group, ties included (tests
 check this). The plain AUC is scikit-learn's.
+
+Retrieval metrics take each user's top-``K_max`` item ids of a full ranking (every item
+scored, never sampled negatives) and the user's ground-truth items, and are computed for
+all users and every K at once from one ``[U, K_max]`` hit matrix:
+
+* ``recall@K = |top-K ∩ truth| / |truth|`` (ComiRec's definition; equals HR@K when each
+  user has one ground-truth item, as in leave-one-out);
+* ``hr@K = 1`` when any ground-truth item is in the top K;
+* ``ndcg@K = DCG@K / IDCG@K`` with binary gains, ``DCG@K = Σ_{j<K} hit_j / log2(j + 2)``
+  (rank j is 0-based) and ``IDCG@K`` the DCG of ``min(|truth|, K)`` hits at the top.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -107,4 +118,73 @@ def ctr_metrics(y_true: np.ndarray, y_prob: np.ndarray, users: Optional[np.ndarr
     return out
 
 
-__all__ = ["GroupAUC", "auc", "ctr_metrics", "group_auc", "logloss", "rela_impr", "asdict"]
+def topk_hits(topk: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Which ranked items are relevant: topk [U, K] item ids, truth [U, T] ground-truth ids
+    right-padded with 0 (0 is the padding id and never ranked) → hits [U, K] bool.
+
+    An item listed twice in a user's truth counts once (a repeated purchase is one item to
+    find)."""
+    topk = np.asarray(topk)
+    truth = np.asarray(truth)
+    if topk.ndim != 2 or truth.ndim != 2 or len(topk) != len(truth):
+        raise ValueError(f"topk {topk.shape} and truth {truth.shape} must be [U, K] and [U, T] with equal U")
+    hits = np.zeros(topk.shape, dtype=bool)
+    for t in range(truth.shape[1]):   # T columns, each a vectorised [U, K] comparison
+        column = truth[:, t:t + 1]
+        hits |= (topk == column) & (column != 0)
+    return hits
+
+
+def distinct_truth_counts(truth: np.ndarray) -> np.ndarray:
+    """[U] number of distinct non-padding ids per row of a [U, T] 0-padded id matrix."""
+    truth = np.sort(np.asarray(truth), axis=1)
+    new = np.ones(truth.shape, dtype=bool)
+    new[:, 1:] = truth[:, 1:] != truth[:, :-1]
+    return (new & (truth != 0)).sum(axis=1)
+
+
+def retrieval_sums(hits: np.ndarray, num_truth: np.ndarray, ks: Sequence[int]) -> Dict[str, float]:
+    """Per-metric sums over users (``recall@K``, ``hr@K``, ``ndcg@K``) plus ``users``, so
+    batches and ranks can be added up before dividing; see :func:`retrieval_metrics`.
+
+    hits [U, K_max] bool (rank order), num_truth [U] (>= 1) distinct ground-truth items."""
+    hits = np.asarray(hits, dtype=bool)
+    num_truth = np.asarray(num_truth, dtype=np.float64)
+    if len(hits) != len(num_truth):
+        raise ValueError(f"hits {hits.shape} and num_truth {num_truth.shape} differ in length")
+    if (num_truth < 1).any():
+        raise ValueError("every user needs at least one ground-truth item")
+    if ks and max(ks) > hits.shape[1]:
+        raise ValueError(f"K = {max(ks)} exceeds the {hits.shape[1]} ranked items per user")
+    discount = 1.0 / np.log2(np.arange(hits.shape[1]) + 2.0)         # [K_max]
+    dcg = np.cumsum(hits * discount, axis=1)                          # [U, K_max]
+    found = np.cumsum(hits, axis=1)                                   # [U, K_max]
+    ideal = np.cumsum(discount)                                       # IDCG of j + 1 hits
+    out: Dict[str, float] = {"users": float(len(hits))}
+    for k in ks:
+        idcg = ideal[np.minimum(num_truth, k).astype(np.int64) - 1]
+        out[f"recall@{k}"] = float((found[:, k - 1] / num_truth).sum()) if len(hits) else 0.0
+        out[f"hr@{k}"] = float((found[:, k - 1] > 0).sum())
+        out[f"ndcg@{k}"] = float((dcg[:, k - 1] / idcg).sum()) if len(hits) else 0.0
+    return out
+
+
+def retrieval_metrics(topk: np.ndarray, truth: np.ndarray, ks: Sequence[int] = (5, 10, 20, 50)) -> dict:
+    """Recall@K, HR@K, NDCG@K (means over users) of full-ranking top-K lists.
+
+    topk [U, K_max] ranked item ids (best first), truth [U, T] ground-truth ids padded
+    with 0. Returns ``{"recall@5": .., "hr@5": .., "ndcg@5": .., ..., "users": U}``."""
+    sums = retrieval_sums(topk_hits(topk, truth), distinct_truth_counts(truth), ks)
+    return mean_of_sums(sums)
+
+
+def mean_of_sums(sums: Dict[str, float]) -> dict:
+    """Divide the per-user sums of :func:`retrieval_sums` by the user count (NaN if none)."""
+    users = sums["users"]
+    out = {key: (value / users if users else float("nan")) for key, value in sums.items() if key != "users"}
+    out["users"] = int(users)
+    return out
+
+
+__all__ = ["GroupAUC", "auc", "ctr_metrics", "distinct_truth_counts", "group_auc", "logloss", "mean_of_sums",
+           "rela_impr", "retrieval_metrics", "retrieval_sums", "topk_hits", "asdict"]

@@ -80,29 +80,45 @@ class RankingTask(L.LightningModule):
         self._val_outputs.clear()
         if self.trainer.world_size > 1:   # equal shard sizes per rank (see SampleLoader)
             prob, label, user = (self.all_gather(t).reshape(-1) for t in (prob, label, user))
+        if not torch.isfinite(prob).all():
+            raise NonFiniteLossError(f"{int((~torch.isfinite(prob)).sum())} validation scores are NaN or infinite "
+                                     f"at epoch {self.current_epoch} (global step {self.global_step}); lower the "
+                                     "learning rate or enable gradient clipping (trainer.gradient_clip_val)")
         metrics = ctr_metrics(label.cpu().numpy(), prob.cpu().numpy(), user.cpu().numpy())
         for key in ("auc", "gauc", "logloss"):
-            value = metrics[key]
-            self.log(f"valid/{key}", float(value) if np.isfinite(value) else 0.0, prog_bar=key == "auc",
-                     sync_dist=False, rank_zero_only=False)
+            check_finite_metric(f"valid/{key}", metrics[key], self,
+                                "the validation split needs positive and negative samples (for GAUC: within a user)")
+            self.log(f"valid/{key}", float(metrics[key]), prog_bar=key == "auc", sync_dist=False,
+                     rank_zero_only=False)
 
     def configure_optimizers(self):
-        cfg = self.optimizer_config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if cfg.name == "adam":
-            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.name == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        if cfg.schedule == "none":
-            return optimizer
-        if cfg.schedule == "exponential":
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
-        elif cfg.schedule == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-        else:
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.gamma,
-                                                                   patience=0, min_lr=cfg.min_lr)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return configure_optimizers(self.model, self.optimizer_config, self.monitor)
+
+
+def check_finite_metric(name: str, value: float, module: L.LightningModule, why: str) -> None:
+    """A NaN validation metric stops training (early stopping must not see a made-up number)."""
+    if not np.isfinite(value):
+        raise NonFiniteLossError(f"{name} is {value} at epoch {module.current_epoch} (global step "
+                                 f"{module.global_step}): {why}")
+
+
+def configure_optimizers(model: torch.nn.Module, cfg: OptimizerSection, monitor: str):
+    """The optimizer (and LR schedule) of a run's trainable parameters; both tasks use it."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "adam":
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.name == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "none":
+        return optimizer
+    if cfg.schedule == "exponential":
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+    elif cfg.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.gamma,
+                                                               patience=0, min_lr=cfg.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
+    return {"optimizer": optimizer, "lr_scheduler": scheduler}

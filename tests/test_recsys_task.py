@@ -18,7 +18,7 @@ from recsys.data_pipelines.build import build_dataset
 from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
 from recsys.models.base import FeatureSpec, RankingModel, RankingOutput
 from recsys.config import DataSection, OptimizerSection, parse_config
-from recsys.datamodule import RankingDataModule
+from recsys.datamodule import SampleDataModule
 from recsys.runner import fit
 from recsys.task import NonFiniteLossError, RankingTask
 
@@ -123,7 +123,7 @@ def dataset(tmp_path_factory):
 def test_datamodule_shards_by_rank_without_overlap(dataset, world):
     shards = []
     for rank in range(world):
-        module = RankingDataModule(dataset, DataSection(path=str(dataset), batch_size=64, eval_batch_size=100), seed=3)
+        module = SampleDataModule(dataset, DataSection(path=str(dataset), batch_size=64, eval_batch_size=100), seed=3)
         module.trainer = SimpleNamespace(global_rank=rank, world_size=world)
         train = np.concatenate([b.sample_index.numpy() for b in module.train_dataloader()])
         valid = np.concatenate([b.sample_index.numpy() for b in module.val_dataloader()])
@@ -143,7 +143,7 @@ def test_datamodule_shards_by_rank_without_overlap(dataset, world):
 
 def test_train_loader_reshuffles_per_epoch_but_is_seeded(dataset):
     def order(epoch, seed=0):
-        module = RankingDataModule(dataset, DataSection(path=str(dataset), batch_size=128), seed=seed)
+        module = SampleDataModule(dataset, DataSection(path=str(dataset), batch_size=128), seed=seed)
         loader = module.train_dataloader()
         module.train_loader.set_epoch(epoch)
         return np.concatenate([b.sample_index.numpy() for b in loader])
@@ -177,3 +177,20 @@ def test_best_checkpoint_is_selected_on_validation_and_early_stopping_stops(data
     assert len(valid_auc) == 3
     assert metrics["best_epoch"] == int(np.argmax(valid_auc))        # first maximum, as ModelCheckpoint keeps it
     assert metrics["splits"]["valid"]["auc"] == pytest.approx(max(valid_auc), abs=1e-6)
+
+
+def test_a_nan_validation_metric_stops_training_instead_of_logging_zero():
+    trainer = SimpleNamespace(world_size=1, current_epoch=3, global_step=120)
+    task = RankingTask(AuxModel(FEATURES, poison=True), OptimizerSection())
+    task._trainer = trainer
+    batch = make_batch()
+    with torch.no_grad():      # as under Lightning's validation loop
+        task.validation_step(batch, 0)
+    with pytest.raises(NonFiniteLossError, match=r"validation scores are NaN or infinite at epoch 3 \(global step 120"):
+        task.on_validation_epoch_end()
+    task = RankingTask(AuxModel(FEATURES), OptimizerSection())
+    task._trainer = trainer
+    with torch.no_grad():
+        task.validation_step(batch.replace(label=torch.ones(batch.size)), 0)     # one class: AUC undefined
+    with pytest.raises(NonFiniteLossError, match=r"valid/auc is nan at epoch 3 \(global step 120\)"):
+        task.on_validation_epoch_end()

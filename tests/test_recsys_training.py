@@ -14,6 +14,7 @@ from recsys.data_pipelines.build import build_dataset
 from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
 from recsys.cli import main as cli_main
 from recsys.config import ConfigError, load_config, parse_config
+from recsys.errors import DataError
 from recsys.runner import CheckpointError, evaluate, fit, load_run
 from recsys.task import NonFiniteLossError
 
@@ -63,11 +64,11 @@ def test_config_errors_name_the_key(dataset, tmp_path):
 
 
 def test_shuffle_block_reaches_the_training_loader(dataset, tmp_path):
-    from recsys.datamodule import RankingDataModule
+    from recsys.datamodule import SampleDataModule
     raw = run_config(dataset, tmp_path / "r")
     raw["data"]["shuffle_block"] = 1 << 30      # covers the split: a full permutation
     config = parse_config(raw)
-    module = RankingDataModule(dataset, config.data, seed=0)
+    module = SampleDataModule(dataset, config.data, seed=0)
     module.train_dataloader()
     loader = module.train_loader
     assert loader.shuffle_block == 1 << 30
@@ -132,19 +133,72 @@ def test_corrupted_foreign_and_mismatched_checkpoints_fail_clearly(dataset, tmp_
     with pytest.raises(CheckpointError, match="corrupted"):
         load_run(run)
     weights.write_bytes(good)
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    config["model"]["init_args"]["item_dim"] = 4           # a foreign model shape
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    saved = json.loads((run / "model.json").read_text())
+    saved["init_args"]["item_dim"] = 4                     # a foreign model shape
+    (run / "model.json").write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match="has shape"):
         load_run(run)
-    config["model"]["init_args"]["item_dim"] = 8
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    saved = json.loads((run / "model.json").read_text())
+    saved["init_args"]["item_dim"] = 8
     item = next(f for f in saved["features"]["fields"] if f["name"] == "item")
     item["size"] += 5                                      # trained on other vocabularies
     (run / "model.json").write_text(json.dumps(saved))
-    with pytest.raises(CheckpointError, match="different vocabularies"):
+    with pytest.raises(CheckpointError, match="has shape"):   # the weights do not fit the saved spec
         load_run(run)
+    item["size"] -= 5
+    (run / "model.json").write_text(json.dumps(saved))
+    load_run(run)
+
+
+def test_loading_a_run_needs_no_dataset_and_evaluate_never_builds(dataset, tmp_path):
+    """load_run rebuilds from model.json + weights; evaluate opens the dataset or says it is missing."""
+    copy = tmp_path / "ds_copy"
+    shutil.copytree(dataset, copy)
+    run = fit(parse_config(run_config(copy, tmp_path / "din", trainer={"max_epochs": 1, "limit_train_batches": 3,
+                                                                       "enable_progress_bar": False})), progress=False)
+    shutil.rmtree(copy)
+    config, model = load_run(run)
+    assert type(model).__name__ == "DIN" and not model.training
+    assert model.features.num_items == json.loads((run / "model.json").read_text())["features"]["fields"][1]["size"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        evaluate(run)
+    # a run whose config names a data config that was never built: evaluate refuses, builds nothing
+    data_config = tmp_path / "never_built.yaml"
+    data_config.write_text(yaml.safe_dump({"output": str(tmp_path / "never_built"), "source": {"format": "synthetic"}}))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"] = {**saved["data"], "path": None, "build": str(data_config)}
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(DataError, match="is not built"):
+        evaluate(run)
+    assert not (tmp_path / "never_built").exists()
+
+
+def test_evaluate_refuses_a_dataset_with_other_vocabularies(dataset, tmp_path):
+    run = fit(parse_config(run_config(dataset, tmp_path / "din", trainer={"max_epochs": 1, "limit_train_batches": 3,
+                                                                          "enable_progress_bar": False})), progress=False)
+    other = build_dataset(DataConfig(output=str(tmp_path / "other"), source=SourceConfig(
+        format="synthetic", synthetic=SyntheticSource(n_rows=20_000, n_items=700, n_categories=30, mean_events=25.0)),
+        protocol=ProtocolConfig(max_length=20)), progress=False)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"]["path"] = str(other)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(CheckpointError, match="different vocabularies"):
+        evaluate(run)
+
+
+def test_fit_restores_the_thread_count_on_success_and_on_error(dataset, tmp_path):
+    import torch
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    fit(parse_config(run_config(dataset, tmp_path / "ok", trainer={"max_epochs": 1, "limit_train_batches": 2,
+                                                                   "num_threads": target,
+                                                                   "enable_progress_bar": False})), progress=False)
+    assert torch.get_num_threads() == before
+    raw = run_config(dataset, tmp_path / "nan", trainer={"max_epochs": 1, "num_threads": target,
+                                                         "enable_progress_bar": False})
+    raw["optimizer"] = {"name": "sgd", "lr": 1e30}
+    with pytest.raises(NonFiniteLossError):
+        fit(parse_config(raw), progress=False)
+    assert torch.get_num_threads() == before
 
 
 def test_nan_loss_stops_with_step_and_batch(dataset, tmp_path):

@@ -159,11 +159,11 @@ def mean_std(values: List[float]) -> dict:
 
 def compare(config_path: Path, fuxictr_src: Path, seeds: List[int], epochs: Optional[int], threads: int,
             peer_python: Path, work: Path, resume: bool = False, shuffle_block: Optional[int] = None) -> dict:
-    from recsys.runner import resolve_dataset
+    from recsys.runner import open_dataset
 
     config = load_config(config_path)
     epochs = epochs or config.trainer.max_epochs
-    dataset = resolve_dataset(config, progress=False)
+    dataset = open_dataset(config, build=True, progress=False)
     dataset_name = Path(dataset.path).name
     model_name = config.model.class_path.rpartition(".")[2].lower()
     export_dir = work / f"{dataset_name}_fuxictr"
