@@ -46,7 +46,8 @@ from .config import DataConfig, load_data_config, to_dict
 from .rejections import DataError, RejectionReport
 from .samples import SPLITS, NegativeSampler, build_samples
 from .schema import BEHAVIORS, NUM_BEHAVIORS, check_events
-from .side_tables import ContextCounter, SideTableWriter, context_field_dicts, core_field_dicts, vocabulary_fingerprint
+from .side_tables import (ContextCounter, SideTableWriter, check_side_fields, context_field_dicts, core_field_dicts,
+                          vocabulary_fingerprint)
 from .output_dir import (describe_input_change, input_fingerprint, recover_interrupted, swap_into_place,
                          temporary_dir, terminate_as_interrupt)
 from .timelines import build_timelines
@@ -272,6 +273,10 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     writers: list = [None] * P
     n_events = 0
     has_label = False
+    # side tables are small (one row per id): read and checked before the events, so a
+    # misdeclared field fails at once
+    side_tables, side_where = read_side_tables(config, report) if config.fields else ({}, {})
+    check_side_fields(config, side_tables, side_where)
     context = ContextCounter(config.fields)
     where = f"the {config.source.format} reader ({config.source.paths or 'generated'})"
     bar = tqdm(desc="pass 1: read + partition", unit="rows", unit_scale=True, disable=not progress)
@@ -315,7 +320,7 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         vocab.save(tmp / "vocab" / f"{name}.parquet")
     item_category, conflicts = _item_categories(pa.concat_tables(pairs), vocabs)
     np.save(tmp / "item_category.npy", item_category)
-    side_fields = _write_side_fields(config, vocabs, context, report, tmp)
+    side_fields = _write_side_fields(config, side_tables, side_where, vocabs, context, report, tmp)
     # timeline rows per partition are known now (one per user hashing there), so every
     # partition's global row numbers are too and partitions can be built independently
     users_per_partition = np.bincount(stable_hash(vocabs["user"].raw, P), minlength=P)
@@ -376,13 +381,12 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     }
 
 
-def _write_side_fields(config: DataConfig, vocabs: dict, context: ContextCounter, report: RejectionReport,
-                       tmp: Path) -> list:
+def _write_side_fields(config: DataConfig, tables: dict, where: dict, vocabs: dict, context: ContextCounter,
+                       report: RejectionReport, tmp: Path) -> list:
     """Side tables, side vocabularies and context vocabularies; returns the side fields'
     manifest dicts in config order."""
     if not config.fields:
         return []
-    tables, where = read_side_tables(config, report)
     specs = {d["name"]: d for d in SideTableWriter(config, tables, where, vocabs, report, tmp).write()}
     specs.update({d["name"]: d for d in context_field_dicts(config)})
     context_vocabs = context.vocabularies()

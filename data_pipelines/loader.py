@@ -140,13 +140,15 @@ class SampleLoader(IterableDataset):
     def _side_arrays(self) -> Dict[str, object]:
         if self._side is None:   # opened lazily, once per worker process (memory-mapped)
             side: Dict[str, object] = {}
+            # np.asarray: plain ndarray views of the memory maps (np.memmap's __getitem__ costs
+            # more than the B-row gathers themselves)
             for spec in self.fields:
                 if spec["owner"] == "user":
-                    side[spec["name"]] = (self.dataset.side_jagged(spec["name"]) if spec["kind"] == "ids"
-                                          else self.dataset.side_table(spec["name"]))
+                    side[spec["name"]] = (tuple(np.asarray(a) for a in self.dataset.side_jagged(spec["name"]))
+                                          if spec["kind"] == "ids" else np.asarray(self.dataset.side_table(spec["name"])))
             if any(spec["owner"] == "context" for spec in self.fields):
-                side["_timestamp"] = self.dataset.flat("timestamp")
-                side["_behavior"] = self.dataset.flat("behavior")
+                side["_timestamp"] = np.asarray(self.dataset.flat("timestamp"))
+                side["_behavior"] = np.asarray(self.dataset.flat("behavior"))
             self._side = side
         return self._side
 
@@ -281,8 +283,7 @@ class SampleLoader(IterableDataset):
                     out_offsets = np.zeros(len(users) + 1, np.int64)
                     np.cumsum(counts, out=out_offsets[1:])
                     positions = np.arange(out_offsets[-1]) - np.repeat(out_offsets[:-1] - starts, counts)
-                    profile[name] = Jagged(torch.from_numpy(np.asarray(values)[positions].astype(np.int64)),
-                                           torch.from_numpy(out_offsets))
+                    profile[name] = Jagged(torch.from_numpy(values[positions]), torch.from_numpy(out_offsets))
                 else:
                     profile[name] = torch.from_numpy(np.ascontiguousarray(side[name][users]))
             else:

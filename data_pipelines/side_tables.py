@@ -119,35 +119,38 @@ def core_field_dicts(sizes: Dict[str, int]) -> List[dict]:
             field_dict("behavior", "id", "event", size=sizes["behavior"])]
 
 
+def check_side_fields(config: DataConfig, tables: Dict[str, Optional[pa.Table]], where: Dict[str, str]) -> None:
+    """Every declared item / user field has its side table, its column, and a column type
+    that fits its kind; else a DataError naming the field, the column and the file. Run
+    before pass 1, so a typo in a config fails before the events are read."""
+    for f in config.fields:
+        if f.owner not in ("item", "user"):
+            continue
+        table = tables.get(f.owner)
+        if table is None:
+            raise DataError(f"field {f.name!r} (owner {f.owner}) is declared, but the {config.source.format} source "
+                            f"{config.source.paths} has no {f.owner} side table (give one with source.{f.owner}_file)")
+        check_side_table(table, f.owner, where[f.owner])
+        if f.column not in table.column_names:
+            raise DataError(f"field {f.name!r}: column {f.column!r} is absent from the {f.owner} table of "
+                            f"{where[f.owner]}; its columns: {table.column_names[1:]}")
+        family = column_family(table.column(f.column).type)
+        if f.kind not in COLUMN_KINDS[family]:
+            raise DataError(f"field {f.name!r}: column {f.column!r} of {where[f.owner]} has type "
+                            f"{table.column(f.column).type}, which cannot be a {f.kind!r} field "
+                            f"(it can be: {list(COLUMN_KINDS[family])})")
+
+
 class SideTableWriter:
     """Encodes the configured item / user side fields of one build into ``out``."""
 
     def __init__(self, config: DataConfig, tables: Dict[str, Optional[pa.Table]], where: Dict[str, str],
                  vocabs: Dict[str, Vocabulary], report: RejectionReport, out: Path) -> None:
+        check_side_fields(config, tables, where)
         self.config, self.vocabs, self.report, self.out = config, vocabs, report, out
         self.where = where
         self.fields = [f for f in config.fields if f.owner in ("item", "user")]
-        self.tables = {}
-        for owner in ("item", "user"):
-            wanted = [f for f in self.fields if f.owner == owner]
-            if not wanted:
-                continue
-            table = tables.get(owner)
-            if table is None:
-                raise DataError(f"field {wanted[0].name!r} (owner {owner}) is declared, but the "
-                                f"{config.source.format} source {config.source.paths} has no {owner} side table "
-                                f"(give one with source.{owner}_file)")
-            self.tables[owner] = self._rows(owner, check_side_table(table, owner, where[owner]))
-        for f in self.fields:
-            table = self.tables[f.owner]["table"]
-            if f.column not in table.column_names:
-                raise DataError(f"field {f.name!r}: column {f.column!r} is absent from the {f.owner} table of "
-                                f"{self.where[f.owner]}; its columns: {table.column_names[1:]}")
-            family = column_family(table.column(f.column).type)
-            if f.kind not in COLUMN_KINDS[family]:
-                raise DataError(f"field {f.name!r}: column {f.column!r} of {self.where[f.owner]} has type "
-                                f"{table.column(f.column).type}, which cannot be a {f.kind!r} field "
-                                f"(it can be: {list(COLUMN_KINDS[family])})")
+        self.tables = {owner: self._rows(owner, tables[owner]) for owner in {f.owner for f in self.fields}}
 
     def _rows(self, owner: str, table: pa.Table) -> dict:
         """The side table's rows kept, sorted by owner id, with their ids."""
