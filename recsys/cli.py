@@ -30,11 +30,26 @@ def cmd_fit(args) -> None:
         overrides["seed"] = args.seed
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
-    out = fit_from_yaml(args.config, overrides, progress=not args.quiet)
+    config = args.config
+    if args.resume:                      # `fit --resume RUN`: the run's own config unless one is given
+        if config is None:
+            config = str(Path(args.resume) / "config.yaml")
+        else:
+            overrides["output_dir"] = args.resume
+    elif config is None:
+        from recsys.errors import ConfigError
+        raise ConfigError("recsys fit: give a run CONFIG (or --resume RUN to continue an interrupted run)")
+    out = fit_from_yaml(config, overrides, progress=not args.quiet, overwrite=args.overwrite,
+                        resume=bool(args.resume))
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
     test = metrics.get("splits", {}).get("test", {})
-    print(f"run: {out}\ntest AUC {test.get('auc', float('nan')):.4f}  GAUC {test.get('gauc', float('nan')):.4f}  "
-          f"logloss {test.get('logloss', float('nan')):.4f}")
+    nan = float("nan")
+    if metrics.get("family") == "retrieval":
+        print(f"run: {out}\ntest " + "  ".join(f"{key} {test.get(key, nan):.4f}" for key in
+                                               ("recall@20", "ndcg@20", "recall@50", "ndcg@50")))
+    else:
+        print(f"run: {out}\ntest AUC {test.get('auc', nan):.4f}  GAUC {test.get('gauc', nan):.4f}  "
+              f"logloss {test.get('logloss', nan):.4f}")
 
 
 def cmd_evaluate(args) -> None:
@@ -75,11 +90,15 @@ def cmd_data_generate(args) -> None:
 
 
 def cmd_data_build(args) -> None:
-    from recsys.data_pipelines.build import build_from_yaml, load_manifest
-    out = build_from_yaml(args.config, overwrite=args.overwrite, progress=not args.quiet)
+    from recsys.data_pipelines.build import ensure_dataset, load_manifest
+    from recsys.data_pipelines.config import load_data_config
+    out, status = ensure_dataset(load_data_config(Path(args.config)), overwrite=args.overwrite,
+                                 progress=not args.quiet)
     manifest = load_manifest(out)
-    print(f"dataset: {out}\nusers {manifest['users']}, events {manifest['events']}, samples "
-          f"{manifest['split_samples']}, vocab sizes {manifest['vocab_sizes']}, built in {manifest['build_seconds']} s")
+    took = f"built in {manifest['build_seconds']} s" if status == "built" else \
+        "reused: config and input files unchanged since it was built"
+    print(f"dataset: {out} ({status})\nusers {manifest['users']}, events {manifest['events']}, samples "
+          f"{manifest['split_samples']}, vocab sizes {manifest['vocab_sizes']}, {took}")
 
 
 def cmd_data_embed_text(args) -> None:
@@ -118,11 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a model from a YAML run config",
                        description="Trains the model of a run config (configs/*.yaml), selects the best epoch on the "
                        "validation split, exports model.safetensors and writes metrics.json with test metrics.")
-    p.add_argument("config", help="run config YAML")
+    p.add_argument("config", nargs="?", help="run config YAML (optional with --resume: the run's own)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set trainer.max_epochs=3 (repeatable)")
     p.add_argument("--seed", type=int, help="override the seed")
     p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the output directory (refused without it)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint "
+                   "(the config must be the one it started with)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_fit)
 
@@ -203,6 +226,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         args.func(args)
+    except KeyboardInterrupt as exc:     # SIGINT, or SIGTERM during a build: clean-up has run
+        print(f"error: interrupted{f' ({exc})' if str(exc) else ''}; nothing incomplete was left in place",
+              file=sys.stderr)
+        return 130
     except Exception as exc:
         if not isinstance(exc, _user_errors()):
             raise

@@ -56,7 +56,8 @@ def run_quickstart(out: Path = Path("runs/quickstart"), rows: int = 600_000, epo
         (out / f"{key}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         if progress:
             print(f"\n== training {key} ({class_path}) ==")
-        run_dirs.append(fit(parse_config(raw, str(out / f"{key}.yaml")), progress=progress))
+        # a second quickstart retrains: its runs replace the previous ones
+        run_dirs.append(fit(parse_config(raw, str(out / f"{key}.yaml")), progress=progress, overwrite=True))
     report = write_report(run_dirs, out / "report", title="recsys quickstart: DIN vs pooled history on planted data")
     if progress:
         print(f"\nquickstart finished in {time.perf_counter() - started:.0f} s")
