@@ -404,3 +404,49 @@ def test_s3rec_beauty_keeps_every_attribute(tmp_path):
         row = vocab.decode(table[item_id]).to_pylist()
         assert [a for a in row if a is not None] == raw[str(raw_item)]
     assert ds.field("attributes")["max_values"] == max(len(v) for v in raw.values() if v)
+
+
+def test_amazon_metadata_categories_brand_price_become_item_fields(tmp_path):
+    reviews = tmp_path / "reviews_Beauty_5.json"
+    reviews.write_text("".join(json.dumps({"reviewerID": u, "asin": a, "unixReviewTime": 1300000000 + 86400 * k}) + "\n"
+                               for k, (u, a) in enumerate([("A1", "B1"), ("A1", "B2"), ("A1", "B3"), ("A1", "B1"),
+                                                           ("A2", "B2"), ("A2", "B1"), ("A2", "B3"), ("A2", "B2")])))
+    meta = tmp_path / "meta_Beauty.json.gz"
+    records = [{"asin": "B1", "categories": [["Beauty", "Skin Care"], ["Beauty", "Lotion"]], "brand": "Nivea",
+                "price": 4.5, "title": "lotion"},
+               {"asin": "B2", "categories": [["Beauty", "Hair"]], "price": "$9.50"},
+               {"asin": "B3", "categories": [], "brand": "Acme", "price": "n/a"}]
+    meta.write_bytes(gzip.compress("".join(repr(r) + "\n" for r in records).encode()))   # 2014: Python literals
+    cfg = from_dict(type(pinned_config(tmp_path, "din")), {
+        "output": str(tmp_path / "ds"), "partitions": 1,
+        "source": {"format": "amazon", "paths": [str(reviews), str(meta)]},
+        "protocol": {"name": "loo", "max_length": 3},
+        "fields": [{"name": "categories", "kind": "ids", "owner": "item"},
+                   {"name": "brand", "kind": "id", "owner": "item"},
+                   {"name": "price", "kind": "number", "owner": "item"},
+                   {"name": "weekday", "kind": "id", "owner": "context"}]})
+    ds = BuiltDataset(build_dataset(cfg, progress=False))
+    items, cats, brands = ds.vocabulary("item"), ds.vocabulary("categories"), ds.vocabulary("brand")
+    row = {raw: int(items.encode(pa.array([raw]))[0]) for raw in ("B1", "B2", "B3")}
+    decoded = [[cats.raw[int(v) - 2].as_py() for v in ds.side_table("categories")[row[k]] if v]
+               for k in ("B1", "B2", "B3")]
+    assert decoded == [["Beauty", "Skin Care", "Lotion"], ["Beauty", "Hair"], []]
+    assert ds.side_table("brand")[row["B2"]] == 1 and brands.raw.to_pylist() == ["Acme", "Nivea"]
+    price = ds.side_table("price")
+    assert price[row["B1"]] == np.float32(4.5) and price[row["B2"]] == np.float32(9.5) and np.isnan(price[row["B3"]])
+    notes = ds.manifest["rejections"]["notes"]
+    assert notes["categories_empty_list"] == 1 and notes["brand_null"] == 1 and notes["price_null"] == 1
+    # the categories' context: reviews are a day apart, so weekdays advance by one
+    batch = next(iter(SampleLoader(ds, "train", 16, fields=["weekday"])))
+    ts = ds.flat("timestamp")[ds.flat("offsets")[ds.sample_columns("train")["row"]] + ds.sample_columns("train")["cut"]]
+    assert batch.context["weekday"].tolist() == (context_values("weekday", ts) + 2).tolist()
+
+
+def test_a_misdeclared_field_fails_before_the_events_are_read(tmp_path):
+    cfg, _, _ = side_files(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n" * 10)          # reading these rows would stop the build with their rejections
+    cfg.source = SourceConfig(format="taobao", paths=[str(bad)], item_file=cfg.source.item_file)
+    cfg.fields = [FieldConfig("colour", "id", "item")]
+    with pytest.raises(DataError, match="field 'colour'"):
+        build_dataset(cfg, progress=False)
