@@ -292,4 +292,6 @@ class ItemSideTable(nn.Module):
         if not self.attached:
             raise ConfigError(f"the item side tables {self.fields} are not attached: call "
                               "model.attach_side_tables(...) with the dataset's side tables, or load trained weights")
-        return getattr(self, field)[items]
+        table = getattr(self, field)
+        # index_select, not table[items]: 2-4x faster on CPU for [B, L] ids (bench/bench_side_lookup.py)
+        return table.index_select(0, items.reshape(-1)).reshape(tuple(items.shape) + tuple(table.shape[1:]))
