@@ -572,7 +572,3 @@ def load_manifest(path: Union[str, Path]) -> dict:
         data = data if isinstance(data, dict) else {}
         raise DataError(f"{manifest}: format_version {data.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
     return data
-
-
-def default_output(config: DataConfig) -> Optional[Path]:
-    return Path(config.output) if config.output else None

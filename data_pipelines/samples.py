@@ -37,7 +37,6 @@ from .vocab import FIRST_ID
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLITS = {"train": TRAIN, "valid": VALID, "test": TEST}
-SAMPLE_COLUMNS = ("row", "user", "cut", "target_item", "target_category", "label", "split")
 
 
 def _expand(starts: np.ndarray, counts: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -133,7 +132,3 @@ def stable_hash(values: pa.Array, buckets: int) -> np.ndarray:
             h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
         out[i] = h % buckets
     return out
-
-
-def optional_load(path: Path) -> Optional[Vocabulary]:
-    return Vocabulary.load(path) if Path(path).exists() else None
