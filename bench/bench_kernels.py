@@ -172,17 +172,9 @@ def markdown(report) -> str:
 
 
 def update_docs(report) -> None:
-    """Replace (or append) the ## Kernels section of docs/benchmarks.md."""
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = markdown(report)
-    start = text.find("## Kernels")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
+    """Rewrite the ``kernels`` section of docs/benchmarks.md (bench/docs_section.py)."""
+    from docs_section import write_section   # bench/ is the script's folder
+    write_section(REPO / "docs" / "benchmarks.md", "kernels", markdown(report), "bench/bench_kernels.py --update-docs")
 
 
 def main():

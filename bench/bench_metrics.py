@@ -73,15 +73,8 @@ def update_docs(results: dict, command: str) -> None:
     for r in results["cases"]:
         lines.append(f"| {r['samples']:,} | {r['users']:,} | {r['recsys_seconds']:.3f} | "
                      f"{r['sklearn_loop_seconds']:.3f} | {r['speedup']}× |")
-    block = "\n".join(lines) + "\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + block + ("" if nxt < 0 else "\n" + text[nxt + 1:])
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text)
+    from docs_section import write_section   # bench/ is the script's folder
+    write_section(path, "metrics", "\n".join(lines), "bench/bench_metrics.py --update-docs")
 
 
 def main(argv=None) -> int:

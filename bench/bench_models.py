@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,7 +116,6 @@ def naive_din(model: DIN) -> DIN:
 
 def write_docs(result: Dict) -> None:
     path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = ["## Models", "",
              f"Training-step throughput (forward + BCE + L2 + backward + Adam), median of {result['steps']} steps "
              f"after {result['warmup']} warm-up. Device: {result['device']}; date {result['date']}; torch "

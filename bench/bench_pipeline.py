@@ -358,16 +358,10 @@ def goals(results: list) -> str:
 
 
 def update_docs(section: str, extra: str = "") -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find("## Data pipeline")
-    new = section + (("\n" + extra.strip() + "\n") if extra.strip() else "") + "\n"
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + new
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + new + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
+    """Rewrite the ``data-pipeline`` section of docs/benchmarks.md (bench/docs_section.py)."""
+    from docs_section import write_section   # bench/ is the script's folder
+    body = section + (("\n" + extra.strip() + "\n") if extra.strip() else "")
+    write_section(REPO / "docs" / "benchmarks.md", "data-pipeline", body, "bench/bench_pipeline.py --update-docs")
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-BEGIN, END = "<!-- real-data:begin -->", "<!-- real-data:end -->"
 
 
 def run_one(config_path: Path, seed: int, out: Path, overrides: dict) -> Path:
@@ -80,13 +79,9 @@ def markdown(rows: list, command: str) -> str:
 
 
 def update_docs(path: Path, table: str) -> None:
-    text = path.read_text() if path.exists() else "# Results\n"
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    """Rewrite the ``real-data`` section of ``path`` (docs/results.md; bench/docs_section.py)."""
+    from docs_section import write_section   # bench/ is the script's folder
+    write_section(path, "real-data", table, "bench/real_data_results.py --update-docs", title="# Results")
 
 
 def main(argv=None) -> int:

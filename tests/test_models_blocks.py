@@ -133,3 +133,21 @@ def test_activation_unit_never_materialises_the_4d_concatenation(activation):
     with _ShapeRecorder() as recorder:                           # the naive form, for contrast, does build it
         attn.scores_naive(query, keys)
     assert (batch, length, 4 * dim) in recorder.shapes
+
+
+def test_the_attention_runs_its_own_dice_modules():
+    """The kernels read the Dice module's own tensors (no copies), so training the attention
+    moves that module's running statistics, and Dice.forward is the kernels' formula."""
+    from recsys.kernels.din_attention import apply_activation
+    torch.manual_seed(0)
+    attn = ActivationUnitAttention(3, [4], "dice", backend="torch").train()
+    dice = attn.acts[0]
+    layer = attn.hidden_layers()[0]
+    assert layer.dice_alpha is dice.alpha and layer.running_mean is dice.norm.running_mean
+    before = dice.norm.running_mean.clone()
+    attn(torch.randn(2, 3), torch.randn(2, 5, 3), lengths=torch.tensor([5, 2]))
+    assert not torch.equal(dice.norm.running_mean, before)
+    x = torch.randn(6, 4)
+    with torch.no_grad():
+        dice.alpha.fill_(0.3)
+    assert torch.equal(dice.eval()(x), apply_activation(x, dice))

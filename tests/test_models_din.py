@@ -232,7 +232,7 @@ def test_attention_backends_agree_with_the_dispatcher():
     assert backend_for(emb_target, emb_history, hidden=model.attention.hidden_layers()) == "reference", \
         "auto must run the PyTorch path for CPU tensors"
     # the module's attention equals a direct dispatcher call with the same parameters
-    direct = din_attention(emb_target, emb_history, batch.lengths, hidden=model.attention._layers(),
+    direct = din_attention(emb_target, emb_history, batch.lengths, hidden=model.attention.hidden_layers(),
                            out_weight=model.attention.out.weight[0], out_bias=model.attention.out.bias[0],
                            use_softmax=True, backend="torch")
     interest, _ = model.user_interest(batch)

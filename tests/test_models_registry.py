@@ -89,3 +89,18 @@ def test_reimporting_a_model_module_is_allowed():
     finally:
         MODELS["DIN"] = original
         sys.modules["recsys.models.din"].DIN = original
+
+
+def test_models_import_only_the_kernels_public_dispatchers():
+    """models/ may use recsys.kernels.<op> (the dispatchers), never the reference or Triton
+    internals behind them."""
+    import ast
+    from pathlib import Path
+    root = Path(recsys.models.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recsys.kernels."):
+                if node.module.split(".")[2] in ("reference", "triton", "validation"):
+                    offenders.append(f"{path.relative_to(root)}: {node.module}")
+    assert offenders == []

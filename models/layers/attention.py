@@ -51,8 +51,6 @@ class ActivationUnitAttention(nn.Module):
                             training=self.training, **kernel_fields(act))
                 for linear, act in zip(self.linears, self.acts)]
 
-    _layers = hidden_layers   # the first-phase name
-
     def forward(self, query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
                 offsets: Optional[Tensor] = None, values: Optional[Tensor] = None,
                 backend: Optional[str] = None) -> Tensor:
