@@ -127,10 +127,8 @@ def write_docs(result: Dict) -> None:
              "| model | B | L | ms / step | samples / s |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch']} | {r['L']} | {r['step_ms']} | {r['samples_per_s']} |"
               for r in result["rows"]]
-    section = "\n".join(lines) + "\n"
-    pattern = re.compile(r"^## Models\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    from docs_section import write_section   # bench/ is the script's folder
+    write_section(path, "models", "\n".join(lines), "bench/bench_models.py")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ FuxiCTR checkout are given) FuxiCTR really trains on the export."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,16 +120,24 @@ def test_finalmlp_config_translates_and_unmatched_switches_are_refused():
         compare.fuxictr_params(_config({"class_path": "FinalMLP", "init_args": {"sequence": "attention"}}), 1, 1, 0)
 
 
-def test_docs_section_is_replaced_in_place(tmp_path):
-    doc = tmp_path / "results.md"
-    doc.write_text("# Results\n\n## Data\nkeep me\n\n## FuxiCTR peer\nold numbers\n\n## Kernels\nkeep me too\n")
-    compare.replace_section(doc, "## FuxiCTR peer\n\nnew numbers\n", "# Results")
-    text = doc.read_text()
-    assert "old numbers" not in text and "new numbers" in text
+def test_docs_sections_are_replaced_in_place(tmp_path):
+    """update_docs rewrites the marked fuxictr-peer sections of both documents, nothing else."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for path in sorted((REPO / "bench" / "results").glob("peer_*.json")):
+        shutil.copy(path, results / path.name)
+    if not any(results.iterdir()):
+        pytest.skip("no bench/results/peer_*.json to render")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("# Results\n\n## Data\nkeep me\n\n<!-- BEGIN fuxictr-peer -->\n## FuxiCTR peer\n"
+                                     "old numbers\n<!-- END fuxictr-peer -->\n\n## Kernels\nkeep me too\n")
+    compare.update_docs(results, docs)
+    text = (docs / "results.md").read_text()
+    assert "old numbers" not in text and "test AUC" in text
     assert text.index("## Data") < text.index("## FuxiCTR peer") < text.index("## Kernels")
     assert text.count("keep me") == 2
-    compare.replace_section(tmp_path / "new.md", "## FuxiCTR peer\n\nx\n", "# Benchmarks")
-    assert (tmp_path / "new.md").read_text().startswith("# Benchmarks\n\n## FuxiCTR peer")
+    assert (docs / "benchmarks.md").read_text().startswith("# Benchmarks\n\n<!-- BEGIN fuxictr-peer")
 
 
 PEER_VENV = os.environ.get("RECSYS_PEER_VENV", str(REPO / ".peer-venv"))

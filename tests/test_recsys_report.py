@@ -82,7 +82,7 @@ def test_results_sweep_aggregates_seeds_and_rewrites_only_its_block(runs, tmp_pa
     assert rows[0]["test_auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
     assert rows[0]["seeds"] == [0, 1, 2]
     doc = tmp_path / "results.md"
-    doc.write_text(f"# Results\n\nkept above\n\n{sweep.BEGIN}\nold table\n{sweep.END}\n\nkept below\n")
+    doc.write_text("# Results\n\nkept above\n\n<!-- BEGIN real-data -->\nold table\n<!-- END real-data -->\n\nkept below\n")
     sweep.update_docs(doc, sweep.markdown(rows, "python bench/real_data_results.py demo"))
     text = doc.read_text()
     assert "old table" not in text and "kept above" in text and "kept below" in text

@@ -303,24 +303,15 @@ def findings() -> List[str]:
     return [FINDINGS.read_text().rstrip("\n"), ""] if FINDINGS.exists() else []
 
 
-def replace_section(path: Path, body: str, header: str) -> None:
-    """Replace (or append) the ``## FuxiCTR peer`` section, leaving the rest of the file alone."""
-    text = path.read_text() if path.exists() else header + "\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def update_docs(results_dir: Path = RESULTS, docs: Path = ROOT / "docs") -> None:
+    """Rewrite the ``fuxictr-peer`` sections of docs/results.md and docs/benchmarks.md."""
+    from bench.docs_section import write_section   # the repository root is on sys.path (above)
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("peer_*.json"))]
     if not results:
         return
-    replace_section(docs / "results.md", results_section(results), "# Results")
-    replace_section(docs / "benchmarks.md", benchmarks_section(results), "# Benchmarks")
+    source = "bench/peers/compare.py"
+    write_section(docs / "results.md", "fuxictr-peer", results_section(results), source, title="# Results")
+    write_section(docs / "benchmarks.md", "fuxictr-peer", benchmarks_section(results), source)
 
 
 def main(argv=None) -> int:
