@@ -109,6 +109,27 @@ class FieldProjection(nn.Module):
         return torch.cat([m(x) for m, x in zip(self.maps, shared.split(self.split, dim=-1))], dim=-1)
 
 
+def _category_subhistory(keys: Tensor, values: Tensor, batch: Batch) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Hard search: only the behaviours of the target's category, as a jagged sub-history.
+
+    keys / values [B, L, D] (padded batch) or [N, D] (jagged) → (keys [M, D], values [M, D],
+    lengths [B], offsets [B + 1], in_row [M]: each kept behaviour's position in its original
+    row, so it keeps its target-relative position and the search's index maps back)."""
+    if batch.is_jagged:
+        row = torch.repeat_interleave(torch.arange(batch.size, device=batch.lengths.device), batch.lengths)
+        keep = batch.hist_category == batch.target_category[row]                     # [N]
+        position = torch.arange(keys.shape[0], device=keys.device) - batch.offsets[row]
+    else:
+        keep = batch.history_mask() & (batch.hist_category == batch.target_category.unsqueeze(1))   # [B, L]
+        row, position = torch.nonzero(keep, as_tuple=True)
+    kept_rows = row[keep] if batch.is_jagged else row
+    in_row = position[keep] if batch.is_jagged else position
+    lengths = torch.bincount(kept_rows, minlength=batch.size)
+    offsets = torch.zeros(batch.size + 1, dtype=torch.int64, device=lengths.device)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    return keys[keep], values[keep], lengths, offsets, in_row
+
+
 def _prediction_head(in_dim: int, units: List[int]) -> nn.Sequential:
     """BN on the input, then Linear → PReLU per hidden layer, then one logit (official layout)."""
     return nn.Sequential(nn.BatchNorm1d(in_dim), MLP(in_dim, units, "prelu", output_dim=1))
@@ -272,23 +293,7 @@ class DARE(RankingModel):
         lengths, offsets = batch.lengths, batch.offsets
         in_row: Optional[Tensor] = None
         if self.search == "hard":
-            # Keep only behaviours of the target's category: a jagged sub-history whose
-            # behaviours keep their original target-relative positions.
-            if batch.is_jagged:
-                owner = torch.repeat_interleave(torch.arange(batch.size, device=lengths.device), lengths)
-                keep = batch.hist_category == batch.target_category[owner]
-                in_row = (torch.arange(keys.shape[0], device=keys.device) - offsets[owner])[keep]
-                owner = owner[keep]
-            else:
-                mask = batch.history_mask() & (batch.hist_category == batch.target_category.unsqueeze(1))
-                owner = torch.nonzero(mask, as_tuple=True)
-                in_row, owner = owner[1], owner[0]
-                mask_flat = mask
-            keys = keys[keep] if batch.is_jagged else keys[mask_flat]
-            values = values[keep] if batch.is_jagged else values[mask_flat]
-            lengths = torch.bincount(owner, minlength=batch.size)
-            offsets = torch.zeros(batch.size + 1, dtype=torch.int64, device=lengths.device)
-            offsets[1:] = torch.cumsum(lengths, 0)
+            keys, values, lengths, offsets, in_row = _category_subhistory(keys, values, batch)
         jagged = offsets is not None
         width = (int(lengths.max()) if batch.size else 0) if jagged else keys.shape[1]
         k = min(self.top_k, width)
