@@ -228,3 +228,34 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["splits"]["test"]["auc"] > 0.6
+
+
+def test_data_fields_reach_model_loader_side_tables_and_model_json(tmp_path):
+    """data.fields = item (ids, id), user and context side fields: the model is built for the
+    selected spec, the item side tables are attached from the dataset, model.json stores the
+    spec, and a reloaded run carries the same tables without the dataset."""
+    import numpy as np
+    import torch
+    from tests.test_data_fields import side_files
+    cfg, _, _ = side_files(tmp_path)
+    data = build_dataset(cfg, progress=False)
+    names = ["brand", "tags", "segment", "hour"]
+    raw = run_config(data, tmp_path / "fields", trainer={"max_epochs": 1, "limit_train_batches": 5,
+                                                         "enable_progress_bar": False})
+    raw["data"]["fields"] = names
+    run = fit(parse_config(raw), progress=False)
+    saved = json.loads((run / "model.json").read_text())["features"]
+    assert [f["name"] for f in saved["fields"]] == ["user", "item", "category", "behavior"] + names
+    from recsys.data_pipelines.dataset import BuiltDataset
+    dataset = BuiltDataset.open(data)
+    expected = {name: torch.from_numpy(np.asarray(dataset.side_table(name))) for name in ("brand", "tags")}
+    bad = dict(raw, output_dir=str(tmp_path / "bad"), data=dict(raw["data"], fields=["colour"]))
+    with pytest.raises(ConfigError, match=r"data.fields:.*\['colour'\]"):
+        fit(parse_config(bad), progress=False)
+    shutil.rmtree(data)                                   # reloading needs no dataset
+    config, model = load_run(run)
+    assert config.data.fields == names and [f.name for f in model.features.side_fields] == names
+    for name, table in expected.items():
+        held = getattr(model.item_side, name)
+        assert held.shape[0] == model.features.num_items and held.abs().sum() > 0
+        assert torch.equal(held[:, :table.shape[1]] if table.ndim == 2 else held, table.to(held.dtype))
