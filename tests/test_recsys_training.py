@@ -259,3 +259,12 @@ def test_data_fields_reach_model_loader_side_tables_and_model_json(tmp_path):
         held = getattr(model.item_side, name)
         assert held.shape[0] == model.features.num_items and held.abs().sum() > 0
         assert torch.equal(held[:, :table.shape[1]] if table.ndim == 2 else held, table.to(held.dtype))
+
+
+def test_the_model_rebuild_imports_no_lightning_pyarrow_or_data_pipelines():
+    """recsys.artifacts (what serving will use) stays free of the training stack."""
+    code = ("import sys, recsys.artifacts; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pyarrow', 'pandas') "
+            "or m.startswith('recsys.data_pipelines')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
