@@ -50,11 +50,23 @@ def export_model(model: nn.Module, class_path: str, init_args: Mapping, features
                  out: Union[str, Path]) -> None:
     """Write model.safetensors and model.json to ``out`` (each complete or absent)."""
     out = Path(out)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(out / WEIGHTS, lambda path: save_file(state, str(path)))
+    _write_atomic(out / WEIGHTS, lambda path: save_file(_unshared_state(model), str(path)))
     description = {"class_path": class_path, "family": family(type(model)), "init_args": dict(init_args),
                    "features": features.to_dict()}
     _write_atomic(out / MODEL_JSON, lambda path: path.write_text(json.dumps(description, indent=2)))
+
+
+def _unshared_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The state dict on the CPU with tied tensors (e.g. an input embedding reused as the
+    softmax weights) copied apart: safetensors refuses tensors that share memory, and
+    loading writes the same values into the one tied parameter twice."""
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        pointer = (value.data_ptr(), value.dtype, tuple(value.shape))
+        state[key] = value.clone() if pointer in seen else value
+        seen.add(pointer)
+    return state
 
 
 def _write_atomic(path: Path, write) -> None:

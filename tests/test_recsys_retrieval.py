@@ -165,12 +165,17 @@ def test_youtube_dnn_beats_popularity_by_full_ranking(loo, tmp_path):
     assert again["recall@20"] == pytest.approx(test["recall@20"], abs=1e-12)
 
 
-@pytest.mark.parametrize("negatives", ["popularity", "in_batch"])
-def test_other_negative_proposals_train(loo, tmp_path, negatives):
+@pytest.mark.parametrize("negatives, shared", [("popularity", False), ("in_batch", True)])
+def test_other_negative_proposals_and_tied_tables_train_export_and_reload(loo, tmp_path, negatives, shared):
     raw = _config(loo, tmp_path / negatives, negatives=negatives)
+    raw["model"]["init_args"]["share_item_embeddings"] = shared       # ComiRec ties input and softmax tables
     raw["trainer"] = {"max_epochs": 1, "limit_train_batches": 20, "enable_progress_bar": False}
-    metrics = json.loads((fit(parse_config(raw), progress=False) / "metrics.json").read_text())
+    run = fit(parse_config(raw), progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["splits"]["test"]["recall@50"] > 0.05
+    _, model = load_run(run)
+    assert (model.item_output is model.item_input) == shared
+    assert evaluate(run)["splits"]["test"]["recall@50"] == pytest.approx(metrics["splits"]["test"]["recall@50"])
 
 
 def test_the_parser_accepts_both_families_and_names_other_classes(loo, tmp_path):
