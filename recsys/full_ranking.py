@@ -72,7 +72,11 @@ class SplitTruth:
         first = np.cumsum(lengths) - lengths
         positions = np.arange(int(lengths.sum())) - np.repeat(first, lengths) + np.repeat(start, lengths)
         items = np.asarray(self.items[positions], dtype=np.int64)
-        keep = ~(truth[owner] == items[:, None]).any(axis=1)
+        # (row, item) keys: one sorted membership test, memory O(S + B·T) rather than [S, T]
+        width = int(max(items.max(initial=0), truth.max(initial=0))) + 1
+        truth_rows = np.repeat(np.arange(len(truth)), truth.shape[1])
+        truth_keys = (truth_rows * width + truth.reshape(-1))[truth.reshape(-1) != 0]
+        keep = ~np.isin(owner * width + items, truth_keys)
         return owner[keep], items[keep]
 
 

@@ -110,6 +110,12 @@ def test_split_truth_of_both_protocols(loo, tmp_path):
         start, end = offsets[cols["row"][b]], offsets[cols["row"][b] + 1]
         rest = items[start + cols["cut"][b]:end].tolist()
         assert got[b][:len(rest)].tolist() == rest and not got[b][len(rest):].any()
+    rows, seen = split.seen(np.arange(len(split)), got)
+    for b in range(len(split)):                                  # the history, minus items it will see again
+        start = offsets[cols["row"][b]]
+        history = items[start:start + cols["cut"][b]].tolist()
+        expected = [i for i in history if i not in set(got[b].tolist())]
+        assert seen[rows == b].tolist() == expected
 
 
 def test_retrieval_models_refuse_protocols_with_negatives(tmp_path):
