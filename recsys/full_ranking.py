@@ -110,7 +110,9 @@ def rank_top_k(interests: Tensor, items: Tensor, k: int, seen: Optional[Tuple[Te
     best_ids = torch.zeros((batch, 0), dtype=torch.long, device=interests.device)
     for start in range(0, items.shape[0], chunk):
         block = items[start:start + chunk]
-        scores = torch.einsum("bkd,nd->bkn", interests, block).amax(dim=1)      # [B, chunk]
+        scores = interests[:, 0] @ block.T                                        # [B, chunk]
+        for k in range(1, interests.shape[1]):                                    # max over interests,
+            scores = torch.maximum(scores, interests[:, k] @ block.T)             # never [B, K, chunk]
         low = max(0, NOT_RANKED - start)
         if low:
             scores[:, :low] = float("-inf")
