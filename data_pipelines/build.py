@@ -320,7 +320,8 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         vocab.save(tmp / "vocab" / f"{name}.parquet")
     item_category, conflicts = _item_categories(pa.concat_tables(pairs), vocabs)
     np.save(tmp / "item_category.npy", item_category)
-    side_fields = _write_side_fields(config, side_tables, side_where, vocabs, context, report, tmp)
+    side_fields, users_without_profile = _write_side_fields(config, side_tables, side_where, vocabs, context, report,
+                                                            tmp)
     # timeline rows per partition are known now (one per user hashing there), so every
     # partition's global row numbers are too and partitions can be built independently
     users_per_partition = np.bincount(stable_hash(vocabs["user"].raw, P), minlength=P)
@@ -348,6 +349,10 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     bar.close()
     split_columns.close()
     flat_writer.close()
+    if users_without_profile is not None and users_without_profile.any():
+        for split in SPLITS:   # samples whose user has no profile row: their profile fields are unknown
+            users = np.load(tmp / "split_columns" / split / "user.npy", mmap_mode="r")
+            report.note(f"{split}_samples_of_users_without_side_row", int(users_without_profile[users].sum()))
     row_base = int(users_per_partition.sum())
     shutil.rmtree(tmp / "_parts")
     shutil.rmtree(events_dir)
@@ -383,17 +388,18 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
 
 def _write_side_fields(config: DataConfig, tables: dict, where: dict, vocabs: dict, context: ContextCounter,
                        report: RejectionReport, tmp: Path) -> list:
-    """Side tables, side vocabularies and context vocabularies; returns the side fields'
-    manifest dicts in config order."""
+    """Side tables, side vocabularies and context vocabularies; returns (the side fields'
+    manifest dicts in config order, [num users] bool of users without a profile row or None)."""
     if not config.fields:
-        return []
-    specs = {d["name"]: d for d in SideTableWriter(config, tables, where, vocabs, report, tmp).write()}
+        return [], None
+    writer = SideTableWriter(config, tables, where, vocabs, report, tmp)
+    specs = {d["name"]: d for d in writer.write()}
     specs.update({d["name"]: d for d in context_field_dicts(config)})
     context_vocabs = context.vocabularies()
     for f in config.fields:
         if f.owner == "context" and f.column in context_vocabs:
             context_vocabs[f.column].save(tmp / "vocab" / f"{f.table}.parquet")
-    return [specs[f.name] for f in config.fields]
+    return [specs[f.name] for f in config.fields], writer.missing_rows("user")
 
 
 def _merge_partitions(pool, jobs, write, users_per_partition, tmp, flat_writer, split_columns,

@@ -167,7 +167,14 @@ class SideTableWriter:
         order, sorted_ids = order[first], sorted_ids[first]
         size = self.vocabs[owner].size
         self.report.note(f"{owner}s_without_side_row", int(size - FIRST_ID - len(sorted_ids)))
-        return {"table": table.take(pa.array(order)), "ids": sorted_ids, "size": size}
+        missing = np.ones(size, bool)
+        missing[:FIRST_ID] = False
+        missing[sorted_ids] = False
+        return {"table": table.take(pa.array(order)), "ids": sorted_ids, "size": size, "missing": missing}
+
+    def missing_rows(self, owner: str) -> Optional[np.ndarray]:
+        """[num ids] bool: ids of the owner's vocabulary without a side row (None: no such table)."""
+        return self.tables[owner]["missing"] if owner in self.tables else None
 
     def _table_vocabularies(self) -> Dict[str, Vocabulary]:
         """One vocabulary per id/ids table, counted over the side rows of its fields."""

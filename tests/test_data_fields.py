@@ -168,6 +168,9 @@ def test_every_kind_round_trips_raw_file_to_batch(tmp_path):
     assert len(pairs) and all(batch.context["hour"][p] == batch.context["hour"][p + 1] for p in pairs)
     notes = ds.manifest["rejections"]["notes"]
     assert notes["users_without_side_row"] > 0 and notes["tags_empty_list"] > 0 and notes["price_null"] > 0
+    raw_users = user_vocab.decode(np.asarray(ds.sample_columns("train")["user"])).to_numpy(zero_copy_only=False)
+    no_profile = ~np.isin(raw_users, profiles.column("user").to_numpy())
+    assert notes["train_samples_of_users_without_side_row"] == int(no_profile.sum()) > 0
     assert notes["item_side_rows_not_in_vocabulary"] == len(items) - (ds.num_items - 2)
 
 
