@@ -111,8 +111,8 @@ def rank_top_k(interests: Tensor, items: Tensor, k: int, seen: Optional[Tuple[Te
     for start in range(0, items.shape[0], chunk):
         block = items[start:start + chunk]
         scores = interests[:, 0] @ block.T                                        # [B, chunk]
-        for k in range(1, interests.shape[1]):                                    # max over interests,
-            scores = torch.maximum(scores, interests[:, k] @ block.T)             # never [B, K, chunk]
+        for interest in range(1, interests.shape[1]):                             # max over interests,
+            scores = torch.maximum(scores, interests[:, interest] @ block.T)      # never [B, K, chunk]
         low = max(0, NOT_RANKED - start)
         if low:
             scores[:, :low] = float("-inf")
