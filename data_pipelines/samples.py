@@ -32,6 +32,8 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
+from recsys.errors import DataError
+
 from .config import ProtocolConfig
 from .vocab import FIRST_ID
 
@@ -142,8 +144,12 @@ class NegativeSampler:
             if not len(todo):
                 return out
             out[todo] = self.draw(rng, len(todo))
-        raise ValueError(f"could not draw negatives for {len(todo)} samples after {max_rounds} rounds: "
-                         "some users have seen (almost) every item")
+        rows = np.unique(owner_rows[todo])
+        most = int(np.diff(offsets)[rows].max()) if len(rows) else 0
+        raise DataError(f"cannot draw negatives: {len(rows)} user(s) have seen (almost) every item (up to {most} "
+                        f"behaviours over a catalogue of {self.num_items - FIRST_ID} items; {len(todo)} samples "
+                        "left without a negative after {max_rounds} draws); use a larger catalogue, n_neg: 0, "
+                        "or a protocol without sampled negatives (loo, users)".replace("{max_rounds}", str(max_rounds)))
 
 
 def build_samples(offsets: np.ndarray, items: np.ndarray, user_ids: np.ndarray, item_category: np.ndarray,

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
 from jsonargparse import ArgumentParser, Namespace
-from jsonargparse.typing import PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, restricted_number_type
 
 from recsys.models.base import RankingModel, RetrievalModel
 import recsys.models  # noqa: F401  (imports every model module, which registers itself)
@@ -34,6 +34,8 @@ from recsys.models.registry import MODELS, family
 from recsys.errors import ConfigError  # noqa: E402,F401  (re-exported)
 
 DEFAULT_RETRIEVAL_MONITOR_K = 20
+# a learning rate: > 0 and finite (PositiveFloat alone lets inf through; NaN fails v > 0)
+LearningRate = restricted_number_type("LearningRate", float, [(">", 0), ("<", float("inf"))])
 
 
 @dataclass
@@ -53,7 +55,7 @@ class DataSection:
     eval_batch_size: PositiveInt = 4096
     max_length: Optional[PositiveInt] = None
     form: Literal["padded", "jagged"] = "padded"
-    num_workers: int = 0
+    num_workers: NonNegativeInt = 0
     # training-order shuffle: blocks of this many consecutive (user-sorted) samples are
     # permuted, then the samples inside each block; >= the train split = a full permutation;
     # null = a full permutation up to 16.8M samples, else blocks of 65,536 (SampleLoader)
@@ -66,33 +68,33 @@ class OptimizerSection:
     (gamma every step_size epochs) | plateau (gamma when the monitored metric stalls)."""
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0
+    lr: LearningRate = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: NonNegativeFloat = 0.0
     schedule: Literal["none", "exponential", "step", "plateau"] = "none"
-    gamma: float = 0.5
-    step_size: int = 1
-    min_lr: float = 1e-6
+    gamma: PositiveFloat = 0.5
+    step_size: PositiveInt = 1
+    min_lr: NonNegativeFloat = 1e-6
 
 
 @dataclass
 class TrainerSection:
-    max_epochs: int = 2
+    max_epochs: PositiveInt = 2
     accelerator: str = "cpu"
     devices: Union[int, str] = 1
     strategy: str = "auto"
-    num_nodes: int = 1
+    num_nodes: PositiveInt = 1
     precision: str = "32-true"
-    gradient_clip_val: Optional[float] = None
-    early_stopping_patience: int = 2
+    gradient_clip_val: Optional[NonNegativeFloat] = None
+    early_stopping_patience: NonNegativeInt = 2
     # validation metric for early stopping and the best checkpoint (higher is better);
     # null = valid/auc for ranking models, valid/recall@20 for retrieval models
     monitor: Optional[str] = None
-    val_check_interval: float = 1.0
-    log_every_n_steps: int = 50
+    val_check_interval: PositiveFloat = 1.0
+    log_every_n_steps: PositiveInt = 50
     limit_train_batches: Optional[Union[int, float]] = None
     limit_val_batches: Optional[Union[int, float]] = None
-    num_threads: Optional[int] = None
+    num_threads: Optional[PositiveInt] = None
     enable_progress_bar: bool = True
 
 
@@ -274,8 +276,9 @@ def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> Run
     """Load a YAML run config; ``overrides`` ({"seed": 1, "trainer.max_epochs": 3}) are
     applied on top (dotted keys address nested sections)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} " + ("is a directory, not a YAML file" if path.is_dir() else
+                                                    "does not exist"))
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

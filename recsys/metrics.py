@@ -102,8 +102,8 @@ def logloss(y_true: np.ndarray, y_prob: np.ndarray, eps: float = 1e-7) -> float:
 
 def rela_impr(auc_model: float, auc_base: float) -> float:
     """RelaImpr (DIN, eq. 11) in percent: ((AUC_model − 0.5) / (AUC_base − 0.5) − 1) × 100."""
-    if auc_base == 0.5:
-        raise ValueError("RelaImpr is undefined for a base AUC of 0.5")
+    if auc_base <= 0.5:   # a base no better than random: the ratio's sign flips below 0.5
+        raise ValueError(f"RelaImpr is undefined for a base AUC of {auc_base} (<= 0.5)")
     return ((auc_model - 0.5) / (auc_base - 0.5) - 1.0) * 100.0
 
 

@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from recsys.errors import CheckpointError
+
 from .metrics import rela_impr
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d"]
@@ -49,7 +51,10 @@ def load_run_result(path: Path) -> RunResult:
     metrics_path = path / "metrics.json"
     if not metrics_path.exists():
         raise FileNotFoundError(f"{path} has no metrics.json: is it a finished `recsys fit` run?")
-    metrics = json.loads(metrics_path.read_text())
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{metrics_path}: not readable JSON ({exc}); the run directory is damaged") from None
     predictions = {}
     for split in ("valid", "test"):
         p = path / "predictions" / f"{split}.parquet"
@@ -191,14 +196,41 @@ def table_rows(runs: Sequence[RunResult]) -> List[dict]:
             "protocol": run.metrics.get("protocol", ""), "seed": run.metrics.get("seed", ""),
             "test AUC": test.get("auc"), "test GAUC": test.get("gauc"), "test logloss": test.get("logloss"),
             "valid AUC": valid.get("auc"),
-            "RelaImpr vs first": (f"{rela_impr(test['auc'], base_auc):+.2f}%"
-                                  if base_auc not in (None, 0.5) and test.get("auc") else "–"),
+            "RelaImpr vs first": _rela_impr_cell(test.get("auc"), base_auc),
             "train samples/s": run.metrics.get("train_samples_per_second"),
             "test samples": test.get("samples"), "test users": test.get("users"),
             "published": (f"{published.get('metric', '').upper()} {published.get('value')} ({published.get('source', '')})"
                           if published.get("value") is not None else ""),
         })
     return rows
+
+
+def _rela_impr_cell(auc, base_auc) -> str:
+    """RelaImpr measures the lift over random guessing (AUC 0.5) relative to the base's
+    lift, so it is defined only when the base beats random: below 0.5 the ratio flips sign
+    (a model that beat its base would read as -4440%)."""
+    if auc is None or base_auc is None:
+        return "–"
+    if base_auc <= 0.5:
+        return f"undefined (base AUC {base_auc:.4f} ≤ 0.5)"
+    return f"{rela_impr(auc, base_auc):+.2f}%"
+
+
+def missing_plots(runs: Sequence[RunResult], split: str = "test") -> List[str]:
+    """One sentence per run and plot that cannot be drawn, with the reason."""
+    notes = []
+    for run in runs:
+        pred = run.predictions.get(split)
+        if pred is None:
+            why = ("its model family writes no per-sample scores" if run.metrics.get("family") == "retrieval"
+                   else f"it has no predictions/{split}.parquet (the run was not evaluated on {split}, "
+                   "or the file was removed)")
+            notes.append(f"{run.name}: no ROC curve or calibration diagram: {why}")
+        elif len(np.unique(pred["label"])) < 2:
+            notes.append(f"{run.name}: no ROC curve: its {split} labels are all one class")
+        if not run.curves.get("train/loss") and not run.curves.get("valid/auc"):
+            notes.append(f"{run.name}: no training curves: logs/metrics.csv is missing or empty")
+    return notes
 
 
 def group_rows(runs: Sequence[RunResult]) -> List[dict]:
@@ -282,6 +314,10 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "recsys r
                      ("test samples", str(runs[0].split("test").get("samples", "–")))])
     figures = [plot_roc(runs), plot_calibration(runs), plot_curves(runs)]
     images = "".join(f'<img src="data:image/png;base64,{img}" alt="plot">' for img in figures if img)
+    missing = missing_plots(runs)
+    if missing:
+        images += ('<p style="font-size:13px;color:#b45309">Not drawn:</p><ul style="font-size:13px;color:#b45309">'
+                   + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul>")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>
 <header><h1>{html.escape(title)}</h1><p>{len(runs)} run(s): {html.escape(', '.join(r.name for r in runs))}</p></header>
@@ -296,6 +332,8 @@ RelaImpr = ((AUC − 0.5)/(AUC<sub>first run</sub> − 0.5) − 1) × 100%.</p><
     html_path = out_dir / "report.html"
     html_path.write_text(page)
     md = f"# {title}\n\n{markdown_table(rows)}\n"
+    if missing:
+        md += "\nPlots not drawn:\n\n" + "".join(f"- {m}\n" for m in missing)
     if any(g["runs"] > 1 for g in groups):
         md += f"\n## Mean ± std over seeds\n\n{markdown_table(groups)}\n"
     (out_dir / "report.md").write_text(md)

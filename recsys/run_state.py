@@ -44,7 +44,12 @@ def is_finished(out: Path) -> bool:
 
 
 def holds_a_run(out: Path) -> bool:
-    return any((Path(out) / name).exists() for name in RUN_FILES)
+    """Anything worth protecting: results, weights or a checkpoint (a fit that failed
+    before its first checkpoint left only its config and logs, which a new fit replaces)."""
+    out = Path(out)
+    checkpoints = out / "checkpoints"
+    return (is_finished(out) or (out / "model.safetensors").exists()
+            or (checkpoints.is_dir() and any(checkpoints.iterdir())))
 
 
 def prepare(out: Path, resolved_config: dict, overwrite: bool = False, resume: bool = False) -> Optional[Path]:
@@ -57,8 +62,8 @@ def prepare(out: Path, resolved_config: dict, overwrite: bool = False, resume: b
         raise ConfigError("--overwrite and --resume exclude each other: overwrite starts the run over")
     if resume:
         return _resume_point(out, resolved_config)
-    if holds_a_run(out):
-        if not overwrite:
+    if holds_a_run(out) or any((out / name).exists() for name in RUN_FILES):
+        if holds_a_run(out) and not overwrite:
             state = "a finished run" if is_finished(out) else (
                 "an interrupted run (resume it with `recsys fit --resume " + str(out) + "`)"
                 if last_checkpoint(out).exists() else "an unfinished run without a checkpoint")
@@ -165,6 +170,6 @@ def check_same_vocabulary(run_dir: Path, dataset) -> None:
     current = _dataset_fingerprint(dataset)
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if differ:
-        raise CheckpointError(f"{run_dir}: the dataset {dataset.path} was rebuilt since training: its vocabularies "
-                              f"{', '.join(differ)} assign other ids than the ones the model was trained with "
-                              "(vocabulary fingerprint); evaluate on the dataset the run was trained on, or retrain")
+        raise CheckpointError(f"{run_dir}: {dataset.path} is not the data the run was trained on: its vocabularies "
+                              f"{', '.join(differ)} assign other ids (rebuilt since training, or another dataset; "
+                              "vocabulary fingerprint); evaluate on the dataset the run was trained on, or retrain")

@@ -292,15 +292,19 @@ def evaluate(run_dir: Union[str, Path], splits: Sequence[str] = ("test",)) -> di
     run_dir = Path(run_dir)
     config, model = load_run(run_dir)
     dataset = open_dataset(config, build=False)
-    run_state.check_same_vocabulary(run_dir, dataset)
     current = run_features(dataset, config)
     if model.features != current:
         raise CheckpointError(f"{run_dir}: the model was trained on data with different vocabularies "
                               f"(checkpoint, data): {spec_diff(model.features, current)}; evaluate it on the "
                               "dataset it was trained on")
+    run_state.check_same_vocabulary(run_dir, dataset)    # same sizes, other ids
     result = evaluate_model(model, dataset, config, run_dir, splits)
     path = run_dir / "metrics.json"
-    existing = json.loads(path.read_text()) if path.exists() else {"splits": {}}
+    try:
+        existing = json.loads(path.read_text()) if path.exists() else {"splits": {}}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not readable JSON ({exc}); the run directory is damaged: "
+                              "retrain it with `recsys fit CONFIG --overwrite`") from None
     existing.setdefault("splits", {}).update(result["splits"])
     _write_json(path, existing)
     return result

@@ -115,7 +115,7 @@ def test_evaluate_refuses_a_dataset_rebuilt_with_other_vocabularies(project, cap
     capsys.readouterr()
     assert cli_main(["evaluate", str(project / "run")]) == 2
     err = capsys.readouterr().err
-    assert "rebuilt since training" in err and "item.parquet" in err and len(err.strip().splitlines()) == 1
+    assert "assign other ids (rebuilt since training" in err and "item.parquet" in err and len(err.strip().splitlines()) == 1
     assert json.loads((project / "run" / "metrics.json").read_text()) == before
 
 
