@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
 from recsys.contract import FeatureSpec, FieldSpec, Jagged, core_fields
@@ -50,6 +51,20 @@ def test_id_and_ids_fields_hand_computed_with_padding_masked_and_empty_rows_zero
     torch.testing.assert_close(emb.embed("genres", Jagged.from_lists([[4, 2], [], [5]])), mean)
     assert emb.embed("genres", ids.reshape(1, 3, 3)).shape == (1, 3, 3)
     assert emb.embed("genres", torch.zeros(2, 0, dtype=torch.long)).abs().sum() == 0   # A = 0: all empty
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(st.lists(st.integers(2, 5), max_size=3), min_size=1, max_size=6),
+       pooling=st.sampled_from(["mean", "sum"]))
+def test_ids_pooling_property_padded_jagged_and_by_hand_agree(rows, pooling):
+    emb = FeatureEmbedding(SPEC, ["genres"], 3, init_std=1.0, pooling=pooling)
+    weight = emb.table("genres").weight
+    width = max(len(r) for r in rows)
+    padded = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long).reshape(len(rows), width)
+    by_hand = torch.stack([weight[r].sum(0) / (len(r) if pooling == "mean" and r else 1) if r else torch.zeros(3)
+                           for r in rows])
+    torch.testing.assert_close(emb.embed("genres", padded), by_hand)
+    torch.testing.assert_close(emb.embed("genres", Jagged.from_lists(rows)), by_hand)
 
 
 def test_fields_naming_one_table_share_it_and_both_train_it():
