@@ -453,3 +453,27 @@ def test_a_misdeclared_field_fails_before_the_events_are_read(tmp_path):
     cfg.fields = [FieldConfig("colour", "id", "item")]
     with pytest.raises(DataError, match="field 'colour'"):
         build_dataset(cfg, progress=False)
+
+
+def test_fields_naming_one_table_share_its_vocabulary_and_core_tables_are_reused(tmp_path):
+    cfg, items, profiles = side_files(tmp_path)
+    profiles = profiles.append_column("favourite_brand", pa.array([f"b{v % 60}" for v in range(profiles.num_rows)]))
+    items = items.append_column("main_category", pa.array([None] * items.num_rows, pa.int64()))
+    pq.write_table(profiles, cfg.source.user_file)
+    pq.write_table(items, cfg.source.item_file)
+    cfg.fields = [FieldConfig("brand", "id", "item"), FieldConfig("favourite_brand", "id", "user", table="brand"),
+                  FieldConfig("price", "number", "item"), FieldConfig("main_category", "id", "item", table="category")]
+    ds = BuiltDataset(build_dataset(cfg, progress=False))
+    spec = ds.feature_spec()
+    assert spec["favourite_brand"].table == "brand" and spec["favourite_brand"].size == spec["brand"].size
+    # one vocabulary counted over both fields' rows: b50..b59 occur only as favourite brands
+    shared = ds.vocabulary("favourite_brand")
+    assert shared.raw.to_pylist() == ds.vocabulary("brand").raw.to_pylist() and "b55" in shared.raw.to_pylist()
+    users = ds.vocabulary("user")
+    u = int(users.encode(pa.array([56]))[0])          # row 55 of the profile file (users 1..500)
+    assert shared.raw[int(ds.side_table("favourite_brand")[u]) - 2].as_py() == "b55"
+    assert spec["main_category"].size == spec["category"].size and not (tmp_path / "ds" / "vocab" / "main_category.parquet").exists()
+    # number fields carry the side rows' mean and std, for standardising
+    price = ds.side_table("price")[2:]
+    assert spec["price"].mean == pytest.approx(float(np.nanmean(price)), rel=1e-5)
+    assert spec["price"].std == pytest.approx(float(np.nanstd(price)), rel=1e-4)
