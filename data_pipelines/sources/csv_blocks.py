@@ -77,7 +77,8 @@ class ByteStream:
     ``(reason, detail)`` when a gzip stream ended early or was corrupt (the bytes before
     the damage have been yielded)."""
 
-    CHUNK = 1 << 20
+    CHUNK = 1 << 20            # compressed bytes per decompression call
+    PLAIN_CHUNK = 16 << 20     # plain files: bytes per read
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -87,7 +88,7 @@ class ByteStream:
         with open(self.path, "rb") as f:
             if not is_gzip(self.path):
                 while True:
-                    chunk = f.read(self.CHUNK)
+                    chunk = f.read(self.PLAIN_CHUNK)
                     if not chunk:
                         return
                     yield chunk
@@ -123,29 +124,25 @@ class ByteStream:
                 self.problem = ("truncated_file", "the gzip stream ends before its end marker")
 
 
-def line_blocks(stream: ByteStream, block_size: int) -> Iterator[bytes]:
+def line_blocks(stream: ByteStream, block_size: int) -> Iterator[bytearray]:
     """Blocks of whole lines (each ends with ``\\n`` except possibly the file's last), about
-    ``block_size`` bytes each; boundaries depend on the bytes only."""
-    pending: List[bytes] = []
-    size = 0
+    ``block_size`` bytes each; boundaries depend on the bytes only. Each block is a fresh
+    ``bytearray`` (the bytes are copied once, from the read into the block)."""
+    buf = bytearray()
     for chunk in stream:
-        pending.append(chunk)
-        size += len(chunk)
-        if size < block_size:
-            continue
-        data = b"".join(pending)
-        cut = data.rfind(b"\n") + 1
-        start = 0
-        while len(data) - start >= block_size and cut > start:
-            end = data.rfind(b"\n", start, start + block_size) + 1
-            if end <= start:           # one line longer than a block: up to its end
-                end = data.find(b"\n", start + block_size) + 1 or cut
-            yield data[start:end]
-            start = end
-        pending, size = [data[start:]], len(data) - start
-    rest = b"".join(pending)
-    if rest:
-        yield rest
+        buf += chunk
+        while len(buf) >= block_size:
+            cut = buf.rfind(b"\n", 0, block_size) + 1
+            if cut == 0:                      # one line longer than a block: up to its end
+                cut = buf.find(b"\n", block_size) + 1
+                if cut == 0:
+                    break                     # its end is not read yet
+            rest = buf[cut:]                  # what follows the cut: less than one chunk
+            del buf[cut:]
+            yield buf
+            buf = rest
+    if buf:
+        yield buf
 
 
 def prefetched(blocks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
@@ -340,7 +337,7 @@ def _slow(block: bytes, first_line: int, name: str, columns, validators, report:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                report.reject("bad_encoding", name, line=number, value=f"byte {exc.start}: {line[:80]!r}")
+                report.reject("bad_encoding", name, line=number, value=f"byte {exc.start}: {bytes(line[:80])!r}")
                 continue
         if not line.strip():
             report.reject("empty_line", name, line=number)

@@ -57,7 +57,7 @@ def _lines(raw_lines, before: int, name: str, report: RejectionReport) -> Iterat
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            report.reject("bad_encoding", name, line=number, value=f"byte {exc.start}: {raw[:80]!r}")
+            report.reject("bad_encoding", name, line=number, value=f"byte {exc.start}: {bytes(raw[:80])!r}")
             continue
         text = text.rstrip("\r")
         if not text.strip():
