@@ -161,16 +161,16 @@ def plot_curves(runs: Sequence[RunResult]) -> Optional[str]:
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
             ax1.plot(steps[window - 1:], smooth, color=color, lw=1.6, label=run.name)
             drawn = True
-        auc_curve = run.curves.get("valid/auc", [])
-        if auc_curve:
-            steps, values = zip(*auc_curve)
-            ax2.plot(steps, values, color=color, marker="o", lw=1.8, label=run.name)
+        metric = "valid/auc" if run.curves.get("valid/auc") else "valid/recall@20"   # ranking | retrieval
+        if run.curves.get(metric):
+            steps, values = zip(*run.curves[metric])
+            ax2.plot(steps, values, color=color, marker="o", lw=1.8, label=f"{run.name} ({metric[6:]})")
             drawn = True
     if not drawn:
         plt.close(fig)
         return None
     _style(ax1, "Training loss", "step", "loss (smoothed)")
-    _style(ax2, "Validation AUC", "step", "AUC")
+    _style(ax2, "Validation AUC (ranking) / Recall@20 (retrieval)", "step", "metric")
     for ax in (ax1, ax2):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, frameon=False)
@@ -185,17 +185,25 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+RETRIEVAL_COLUMNS = {"test Recall@20": "recall@20", "test NDCG@20": "ndcg@20", "valid Recall@20": "recall@20"}
+
+
 def table_rows(runs: Sequence[RunResult]) -> List[dict]:
+    """One row per run; full-ranking Recall/NDCG@20 columns appear when a retrieval run is
+    among them (ranking runs show – there, as retrieval runs do under AUC)."""
     base_auc = runs[0].split("test").get("auc") if runs else None
+    with_retrieval = any(run.metrics.get("family") == "retrieval" for run in runs)
     rows = []
     for run in runs:
         test, valid = run.split("test"), run.split("valid")
         published = run.metrics.get("published") or {}
+        retrieval = {column: (valid if column.startswith("valid") else test).get(key)
+                     for column, key in RETRIEVAL_COLUMNS.items()} if with_retrieval else {}
         rows.append({
             "run": run.name, "model": run.metrics.get("model", "").rsplit(".", 1)[-1],
             "protocol": run.metrics.get("protocol", ""), "seed": run.metrics.get("seed", ""),
             "test AUC": test.get("auc"), "test GAUC": test.get("gauc"), "test logloss": test.get("logloss"),
-            "valid AUC": valid.get("auc"),
+            "valid AUC": valid.get("auc"), **retrieval,
             "RelaImpr vs first": _rela_impr_cell(test.get("auc"), base_auc),
             "train samples/s": run.metrics.get("train_samples_per_second"),
             "test samples": test.get("samples"), "test users": test.get("users"),
@@ -228,7 +236,8 @@ def missing_plots(runs: Sequence[RunResult], split: str = "test") -> List[str]:
             notes.append(f"{run.name}: no ROC curve or calibration diagram: {why}")
         elif len(np.unique(pred["label"])) < 2:
             notes.append(f"{run.name}: no ROC curve: its {split} labels are all one class")
-        if not run.curves.get("train/loss") and not run.curves.get("valid/auc"):
+        if not run.curves.get("train/loss") and not run.curves.get("valid/auc") \
+                and not run.curves.get("valid/recall@20"):
             notes.append(f"{run.name}: no training curves: logs/metrics.csv is missing or empty")
     return notes
 
@@ -260,7 +269,7 @@ def markdown_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def _html_table(rows: List[dict], best_keys=("test AUC", "test GAUC")) -> str:
+def _html_table(rows: List[dict], best_keys=("test AUC", "test GAUC", "test Recall@20", "test NDCG@20")) -> str:
     if not rows:
         return "<p>No runs.</p>"
     keys = list(rows[0])
@@ -305,13 +314,15 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, title: str = "recsys r
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs)
     groups = group_rows(runs)
-    best = max(runs, key=lambda r: r.split("test").get("auc") or 0)
+    key, label = ("auc", "AUC") if any(r.split("test").get("auc") is not None for r in runs) else \
+        ("recall@20", "Recall@20")                                  # only retrieval runs
+    best = max(runs, key=lambda r: r.split("test").get(key) or 0)
     cards = "".join(
         f'<div class="card"><div class="v">{html.escape(v)}</div><div class="k">{html.escape(k)}</div></div>'
-        for k, v in [("best test AUC", f"{best.split('test').get('auc', float('nan')):.4f} · {best.name}"),
+        for k, v in [(f"best test {label}", f"{best.split('test').get(key, float('nan')):.4f} · {best.name}"),
                      ("runs", str(len(runs))),
                      ("protocol", str(runs[0].metrics.get("protocol", ""))),
-                     ("test samples", str(runs[0].split("test").get("samples", "–")))])
+                     ("test samples", str(runs[0].split("test").get("samples", runs[0].split("test").get("users", "–"))))])
     figures = [plot_roc(runs), plot_calibration(runs), plot_curves(runs)]
     images = "".join(f'<img src="data:image/png;base64,{img}" alt="plot">' for img in figures if img)
     missing = missing_plots(runs)

@@ -258,3 +258,15 @@ def test_ddp_two_cpu_processes_add_up_the_full_ranking_sums(loo, tmp_path):
     # (the same weights; DDP leaves out at most one of the odd user out)
     users = metrics["splits"]["valid"]["users"]
     assert logged and abs(logged[-1] - metrics["splits"]["valid"]["recall@20"]) <= 1.0 / users + 1e-9
+
+
+def test_the_report_shows_full_ranking_metrics_of_retrieval_runs(loo, tmp_path):
+    from recsys.report import write_report
+    raw = _config(loo, tmp_path / "yt_report")
+    raw["trainer"] = {"max_epochs": 2, "limit_train_batches": 10, "enable_progress_bar": False}
+    run = fit(parse_config(raw), progress=False)
+    page = write_report([run], tmp_path / "report").read_text()
+    table = (tmp_path / "report" / "report.md").read_text()
+    recall = json.loads((run / "metrics.json").read_text())["splits"]["test"]["recall@20"]
+    assert "test Recall@20" in table and f"{recall:.4f}" in table
+    assert "best test Recall@20" in page and page.count("data:image/png;base64,") == 1   # the training curves
