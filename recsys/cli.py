@@ -1,4 +1,4 @@
-"""The `recsys` command: data, fit, evaluate, report, quickstart."""
+"""The `recsys` command: data, fit, evaluate, index, retrieve, report, quickstart."""
 
 from __future__ import annotations
 
@@ -69,6 +69,47 @@ def cmd_quickstart(args) -> None:
     report = run_quickstart(Path(args.out), rows=args.rows, epochs=args.epochs, progress=not args.quiet)
     print(f"\nreport: {report.resolve()}")
     print(report.with_name("report.md").read_text())
+
+
+def cmd_index(args) -> None:
+    from .retrieval.index import IndexConfig, build_run_index, read_stamp
+    raw = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.exists():
+            raise FileNotFoundError(f"index config {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            from recsys.errors import ConfigError
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raw = dict(raw) if isinstance(raw, dict) else raw
+    if args.kind:
+        raw = dict(raw or {}, kind=args.kind)
+    for key in ("nlist", "nprobe", "m", "ef_construction", "ef_search"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    config = IndexConfig.from_dict(raw, args.config or "recsys index")
+    path = build_run_index(Path(args.run), config, name=args.name, threads=args.threads)
+    stamp = read_stamp(path)
+    print(f"index: {path} ({stamp['factory']}, {stamp['num_items'] - stamp['first_item']} items, "
+          f"{stamp['dim']}-d, built in {stamp['build_seconds']} s)")
+
+
+def cmd_retrieve(args) -> None:
+    from .retrieval.batch import RetrieveOptions, retrieve
+    options = RetrieveOptions(top_n=args.top_n, per_interest=args.per_interest, exclude_seen=not args.keep_seen,
+                              diversity=args.diversity, index=args.index, nprobe=args.nprobe,
+                              ef_search=args.ef_search, chunk_users=args.chunk, threads=args.threads)
+    summary = retrieve(Path(args.run), Path(args.users), Path(args.out), options, overwrite=args.overwrite,
+                       progress=not args.quiet)
+    counts = summary["counts"]
+    print(f"candidates: {args.out} ({counts['candidates']} rows for {counts['users']} users, "
+          f"{summary['users_per_second']} users/s; index {summary['index']['factory']})\n"
+          f"retrieved {counts['retrieved']}, popularity fallback: unknown users {counts['unknown_users']}, "
+          f"no history {counts['no_history']}; fewer than top-n {counts['short_users']}; given histories "
+          f"{counts['history_rows']} (unknown items {counts['unknown_history_items']})"
+          + (f"; resumed {summary['resumed_parts']} chunks" if summary["resumed_parts"] else ""))
 
 
 def cmd_data_generate(args) -> None:
@@ -163,6 +204,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/report", help="output directory (default: runs/report)")
     p.add_argument("--title", default="recsys report", help="page title")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("index", help="build a FAISS index over a retrieval run's item tower",
+                       description="Builds RUN/index/NAME.faiss (exact flat, IVF or HNSW, inner product) from the "
+                       "run's weights alone, stamped with the weights' sha256 and the item vocabulary (RUN/index/"
+                       "NAME.json). Parameters come from --config (YAML: kind, nlist, nprobe, m, ef_construction, "
+                       "ef_search) and the flags, flags last. See docs/retrieval.md.")
+    p.add_argument("run", help="run directory of a retrieval model (written by `recsys fit`)")
+    p.add_argument("--config", help="index config YAML")
+    p.add_argument("--kind", choices=["flat", "ivf", "hnsw"], help="index kind (default: flat, or the config's)")
+    p.add_argument("--name", help="index name (default: the kind)")
+    p.add_argument("--nlist", type=int, help="ivf: k-means cells (default 4*sqrt(items))")
+    p.add_argument("--nprobe", type=int, help="ivf: cells searched (default 32)")
+    p.add_argument("--m", type=int, help="hnsw: graph degree (default 32)")
+    p.add_argument("--ef-construction", dest="ef_construction", type=int, help="hnsw: build beam (default 200)")
+    p.add_argument("--ef-search", dest="ef_search", type=int, help="hnsw: search beam (default 256)")
+    p.add_argument("--threads", type=int, help="FAISS threads (default: all)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("retrieve", help="batch candidate retrieval: users -> (user, rank, item, score) Parquet",
+                       description="Streams the users file (Parquet: a 'user' column of raw user ids, optional "
+                       "'history' lists of raw item ids) in chunks, retrieves each user's top-N items through the "
+                       "run's FAISS index (K interests x per-interest N, merged, seen items left out), writes OUT "
+                       "atomically; a killed run resumes when started again with the same arguments. "
+                       "See docs/retrieval.md.")
+    p.add_argument("run", help="run directory of a retrieval model")
+    p.add_argument("--users", required=True, help="users Parquet file")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--top-n", dest="top_n", type=int, default=200, help="candidates per user (default 200)")
+    p.add_argument("--per-interest", dest="per_interest", type=int, help="items searched per interest (default: top-n)")
+    p.add_argument("--index", default="flat", help="index name in RUN/index (default flat, built when missing)")
+    p.add_argument("--nprobe", type=int, help="override the IVF index's nprobe")
+    p.add_argument("--ef-search", dest="ef_search", type=int, help="override the HNSW index's efSearch")
+    p.add_argument("--diversity", type=float, default=0.0, help="ComiRec's lambda for category diversity (default 0)")
+    p.add_argument("--keep-seen", dest="keep_seen", action="store_true",
+                   help="do not leave out the items of the user's history")
+    p.add_argument("--chunk", type=int, default=4096, help="users per chunk (default 4096)")
+    p.add_argument("--threads", type=int, help="FAISS and torch threads (default: torch's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_retrieve)
 
     data = sub.add_parser("data", help="generate synthetic logs, build datasets, inspect them",
                           description="Data commands: generate, build, inspect.")
