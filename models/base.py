@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -66,10 +66,22 @@ class RankingModel(_ItemSideFields, nn.Module):
 @dataclass
 class RetrievalOutput:
     """interests: [B, K, D] user interest vectors (K = 1 for single-vector models);
-    aux_losses: named scalar losses the paper adds (weighted and summed by the task)."""
+    aux_losses: named scalar losses the paper adds (weighted and summed by the task).
+
+    Optional, for training only:
+
+    * sequence: [B, L, D] one user vector per history position of a causal model (state j
+      has seen history positions <= j only; SASRec). ``retrieval.positions: all`` trains
+      every position j < length to predict the next behaviour (history j + 1, the target
+      after the last one).
+    * sample_weights: [B] non-negative per-sample weights without gradient (DESMIL's
+      decorrelating weights): the task's loss becomes Σ_b w_b ℓ_b / Σ_b w_b.
+    """
 
     interests: Tensor
     aux_losses: Dict[str, Tensor] = field(default_factory=dict)
+    sequence: Optional[Tensor] = None
+    sample_weights: Optional[Tensor] = None
 
 
 class RetrievalModel(_ItemSideFields, nn.Module):

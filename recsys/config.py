@@ -110,9 +110,17 @@ class RetrievalSection:
     Evaluation ranks every item (never sampled negatives) and reports Recall, HR and NDCG
     at each of ``ks``; ``mask_history`` removes the items of the user's timeline before the
     cut from the ranking (S3-Rec / ICLRec do this), ground-truth items excepted.
+
+    loss: ``sampled_softmax`` (above) or ``bce``: SASRec's binary cross-entropy (Kang &
+    McAuley 2018), each trained position scoring its positive against ``num_negatives``
+    negatives of its own drawn from the proposal (SASRec: 1, uniform); no logQ.
+    positions: ``last`` trains the target only; ``all`` trains every history position of a
+    causal model (``RetrievalOutput.sequence``) to predict the next behaviour (SASRec).
     """
 
     negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
+    loss: Literal["sampled_softmax", "bce"] = "sampled_softmax"
+    positions: Literal["last", "all"] = "last"
     num_negatives: PositiveInt = 1000
     logq_correction: bool = True
     temperature: PositiveFloat = 1.0

@@ -23,6 +23,19 @@ popularity proposal over-penalises popular items. Uniform Q is a constant, so th
 correction changes nothing. A negative equal to the row's own target is removed
 (an "accidental hit"), as are repeats of the target among in-batch negatives.
 
+Two switches extend this (``retrieval.loss`` / ``retrieval.positions``) for SASRec's own
+objective (Kang & McAuley, ICDM 2018), and a model output field for sample weights:
+
+* ``positions: all``: a causal model also returns ``RetrievalOutput.sequence`` [B, L, D];
+  every history position j < length is a trained example predicting the next behaviour
+  (history j + 1, the target after the last); ``last`` (default) trains the target only.
+* ``loss: bce``: −log σ(<u, e_pos>) − Σ_m log σ(−<u, e_neg_m>) per trained example, with
+  ``num_negatives`` negatives of its own drawn from the proposal (SASRec: one uniform
+  negative per position); a negative that is an item of the example's row (its history or
+  target) is dropped, as SASRec draws negatives outside the user's sequence. No logQ.
+* ``RetrievalOutput.sample_weights`` [B] (DESMIL): the loss is Σ w_b ℓ_b / Σ w_b over the
+  trained examples (a row's weight applies to each of its positions) instead of the mean.
+
 Validation ranks every item for each validation user (:mod:`recsys.full_ranking`) and logs
 ``valid/recall@K``, ``valid/hr@K`` and ``valid/ndcg@K`` for the configured K; early
 stopping and the best checkpoint follow ``valid/recall@20`` by default.
@@ -39,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recsys.contract import Batch
-from recsys.errors import NonFiniteLossError
+from recsys.errors import ConfigError, NonFiniteLossError
 from recsys.models.base import RetrievalModel
 
 from .config import OptimizerSection, RetrievalSection
@@ -80,12 +93,12 @@ class ItemProposal:
 
 def sampled_softmax_loss(user: Tensor, positive: Tensor, positive_ids: Tensor, negative: Tensor, negative_ids: Tensor,
                          temperature: float = 1.0, log_q_positive: Optional[Tensor] = None,
-                         log_q_negative: Optional[Tensor] = None) -> Tensor:
+                         log_q_negative: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
     """Mean softmax cross-entropy of each row's target against shared negatives.
 
     user [B, D], positive [B, D] (target vectors), positive_ids [B], negative [M, D],
     negative_ids [M]; log_q_* ([B], [M]) are subtracted from the logits when given.
-    Negatives whose id equals the row's target are excluded."""
+    Negatives whose id equals the row's target are excluded. ``reduction="none"``: [B]."""
     positive_logit = (user * positive).sum(-1) / temperature                    # [B]
     negative_logit = user @ negative.T / temperature                            # [B, M]
     if log_q_positive is not None:
@@ -94,7 +107,22 @@ def sampled_softmax_loss(user: Tensor, positive: Tensor, positive_ids: Tensor, n
     accidental = negative_ids[None, :] == positive_ids[:, None]                 # [B, M]
     negative_logit = negative_logit.masked_fill(accidental, float("-inf"))
     logits = torch.cat([positive_logit[:, None], negative_logit], dim=1)        # [B, 1 + M]
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
+                           reduction=reduction)
+
+
+def binary_cross_entropy_loss(user: Tensor, positive: Tensor, negative: Tensor,
+                              negative_valid: Optional[Tensor] = None) -> Tensor:
+    """SASRec's per-example loss −log σ(<u, e⁺>) − Σ_m log σ(−<u, e⁻_m>), [P].
+
+    user [P, D], positive [P, D], negative [P, M, D] (each example's own negatives),
+    negative_valid [P, M] bool (False: the negative is dropped)."""
+    positive_logit = (user * positive).sum(-1)                                 # [P]
+    negative_logit = torch.einsum("pd,pmd->pm", user, negative)                # [P, M]
+    negative_loss = F.softplus(negative_logit)                                 # −log σ(−s)
+    if negative_valid is not None:
+        negative_loss = negative_loss * negative_valid.to(negative_loss.dtype)
+    return F.softplus(-positive_logit) + negative_loss.sum(-1)
 
 
 class RetrievalTask(L.LightningModule):
@@ -117,47 +145,99 @@ class RetrievalTask(L.LightningModule):
         self.monitor = monitor
         self.generator = torch.Generator().manual_seed(seed)
         self.samples_seen = 0
+        if retrieval.loss == "bce" and retrieval.negatives == "in_batch":
+            raise ConfigError("retrieval.loss: bce draws negatives per trained position from a proposal; use "
+                              "retrieval.negatives uniform (SASRec) or popularity, not in_batch")
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         return batch.to(device)
 
-    def negatives(self, batch: Batch, positive: Tensor) -> "tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]":
-        """(negative vectors [M, D], their ids [M], log Q of the targets [B], of the negatives [M])."""
+    def negatives(self, positive_ids: Tensor, positive: Tensor) -> "tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]":
+        """Shared negatives of the sampled softmax for trained examples with targets
+        ``positive_ids`` [P] (vectors ``positive`` [P, D]): (negative vectors [M, D], their
+        ids [M], log Q of the targets [P], of the negatives [M])."""
         cfg = self.retrieval
-        targets = batch.target_item
         if cfg.negatives == "in_batch":
-            ids, vectors, draws = targets, positive, len(targets)
+            ids, vectors, draws = positive_ids, positive, len(positive_ids)
         else:
-            ids = self.proposal.draw(cfg.num_negatives, self.generator).to(targets.device)
+            ids = self.proposal.draw(cfg.num_negatives, self.generator).to(positive_ids.device)
             vectors, draws = self.model.item_embeddings(ids), cfg.num_negatives
         if not cfg.logq_correction:
             return vectors, ids, None, None
-        return (vectors, ids, self.proposal.log_expected_count(targets, draws),
+        return (vectors, ids, self.proposal.log_expected_count(positive_ids, draws),
                 self.proposal.log_expected_count(ids, draws))
+
+    def trained_examples(self, batch: Batch, output) -> "tuple[Tensor, Tensor, Tensor, Tensor]":
+        """(user vectors [P, D], target ids [P], target vectors [P, D], row in batch [P]).
+
+        ``last``: one example per row, the label-aware selected interest and the target.
+        ``all``: every valid position of ``output.sequence`` and the behaviour after it."""
+        if self.retrieval.positions == "last":
+            positive = self.model.item_embeddings(batch.target_item)                   # [B, D]
+            user = self.model.select_interest(output.interests, positive)              # [B, D]
+            return user, batch.target_item, positive, torch.arange(batch.size, device=positive.device)
+        sequence = output.sequence
+        if sequence is None:
+            raise ConfigError(f"retrieval.positions: all trains every history position, which needs a causal model "
+                              f"returning RetrievalOutput.sequence (SASRec); {type(self.model).__name__} returns "
+                              "none: use positions: last")
+        padded = batch.to_padded(sequence.shape[1])
+        history, lengths = padded.hist_item, padded.lengths
+        if history.shape[1] != sequence.shape[1]:
+            raise ConfigError(f"RetrievalOutput.sequence has {sequence.shape[1]} positions but the batch's padded "
+                              f"history {history.shape[1]}")
+        steps = torch.arange(history.shape[1], device=history.device)
+        following = torch.cat([history[:, 1:], history.new_zeros(history.shape[0], 1)], dim=1)   # [B, L]
+        following = torch.where(steps[None, :] == (lengths - 1)[:, None], padded.target_item[:, None], following)
+        rows, cols = torch.nonzero(steps[None, :] < lengths[:, None], as_tuple=True)
+        ids = following[rows, cols]
+        return sequence[rows, cols], ids, self.model.item_embeddings(ids), rows
+
+    def bce_negatives(self, batch: Batch, rows: Tensor) -> "tuple[Tensor, Tensor]":
+        """(negative vectors [P, M, D], valid [P, M]): ``num_negatives`` draws per trained
+        example; a draw equal to an item of its row (history or target) is not valid."""
+        m = self.retrieval.num_negatives
+        ids = self.proposal.draw(len(rows) * m, self.generator).to(rows.device).reshape(len(rows), m)
+        padded = batch.to_padded()
+        row_items = torch.cat([padded.hist_item, padded.target_item[:, None]], dim=1)            # [B, L + 1]
+        n = self.model.features.num_items
+        owner = torch.arange(row_items.shape[0], device=rows.device)[:, None].expand_as(row_items)
+        own_keys = (owner * n + row_items)[row_items > 0]
+        valid = ~torch.isin(rows[:, None] * n + ids, own_keys)                                   # [P, M]
+        return self.model.item_embeddings(ids), valid
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         output = self.model.user_interests(batch)
-        positive = self.model.item_embeddings(batch.target_item)                  # [B, D]
-        user = self.model.select_interest(output.interests, positive)             # [B, D]
-        negative, negative_ids, log_q_pos, log_q_neg = self.negatives(batch, positive)
-        softmax = sampled_softmax_loss(user, positive, batch.target_item, negative, negative_ids,
-                                       self.retrieval.temperature, log_q_pos, log_q_neg)
-        loss = softmax
+        user, positive_ids, positive, rows = self.trained_examples(batch, output)
+        if self.retrieval.loss == "bce":
+            negative, valid = self.bce_negatives(batch, rows)
+            losses = binary_cross_entropy_loss(user, positive, negative, valid)           # [P]
+        else:
+            negative, negative_ids, log_q_pos, log_q_neg = self.negatives(positive_ids, positive)
+            losses = sampled_softmax_loss(user, positive, positive_ids, negative, negative_ids,
+                                          self.retrieval.temperature, log_q_pos, log_q_neg, reduction="none")
+        if output.sample_weights is None:
+            objective = losses.mean()
+        else:
+            weights = output.sample_weights.detach().to(losses.dtype)[rows]
+            objective = (weights * losses).sum() / weights.sum().clamp_min(torch.finfo(losses.dtype).tiny)
+        loss = objective
         for name, value in output.aux_losses.items():
             loss = loss + self.aux_loss_weights.get(name, 1.0) * value
             self.log(f"train/aux_{name}", value.detach(), batch_size=batch.size)
         reg = self.model.regularization(batch)
         loss = loss + reg
+        name = "bce" if self.retrieval.loss == "bce" else "sampled_softmax"
         if not torch.isfinite(loss):
-            rows = batch.sample_index[:5].tolist() if batch.sample_index is not None else "n/a"
+            sample_rows = batch.sample_index[:5].tolist() if batch.sample_index is not None else "n/a"
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}; sampled softmax={softmax.item()}, regularization={reg.item()}); first sample "
-                f"rows of the batch: {rows}. Lower the learning rate or enable gradient clipping "
+                f"batch {batch_idx}; {name}={objective.item()}, regularization={reg.item()}); first sample "
+                f"rows of the batch: {sample_rows}. Lower the learning rate or enable gradient clipping "
                 "(trainer.gradient_clip_val).")
         self.samples_seen += batch.size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
-        self.log("train/sampled_softmax", softmax.detach(), batch_size=batch.size)
+        self.log(f"train/{name}", objective.detach(), batch_size=batch.size)
         return loss
 
     def on_train_epoch_start(self) -> None:
