@@ -223,16 +223,15 @@ class FeatureSpec:
         return {f.table: f.size for f in self.fields if f.embedded}
 
     def select(self, names: Optional[Sequence[str]], max_length: Optional[int] = None) -> "FeatureSpec":
-        """The core fields plus the named side fields (None = every field), in spec order."""
-        if names is not None:
-            unknown = [n for n in names if n not in self]
-            if unknown:
-                raise ContractError(f"field(s) {unknown} are not in the data; available side fields: "
-                                    f"{[f.name for f in self.side_fields]}")
-            keep = set(CORE_FIELDS) | set(names)
-            fields = tuple(f for f in self.fields if f.name in keep)
-        else:
-            fields = self.fields
+        """The core fields plus the named side fields (None or [] = the core fields only), in
+        spec order; ``max_length`` replaces L when given."""
+        names = list(names or [])
+        unknown = [n for n in names if n not in self]
+        if unknown:
+            raise ContractError(f"field(s) {unknown} are not in the data; available side fields: "
+                                f"{[f.name for f in self.side_fields]}")
+        keep = set(CORE_FIELDS) | set(names)
+        fields = tuple(f for f in self.fields if f.name in keep)
         return FeatureSpec(fields, self.max_length if max_length is None else max_length)
 
     # -- the sizes today's models read
