@@ -86,10 +86,14 @@ class RankingTask(L.LightningModule):
                                      "learning rate or enable gradient clipping (trainer.gradient_clip_val)")
         metrics = ctr_metrics(label.cpu().numpy(), prob.cpu().numpy(), user.cpu().numpy())
         for key in ("auc", "gauc", "logloss"):
-            check_finite_metric(f"valid/{key}", metrics[key], self,
+            name = f"valid/{key}"
+            if key == "gauc" and not np.isfinite(metrics[key]) and name != self.monitor:
+                # no validation user has both labels (one validation pair per user, as in the
+                # din protocol on MovieLens): GAUC is undefined there, so it is not logged
+                continue
+            check_finite_metric(name, metrics[key], self,
                                 "the validation split needs positive and negative samples (for GAUC: within a user)")
-            self.log(f"valid/{key}", float(metrics[key]), prog_bar=key == "auc", sync_dist=False,
-                     rank_zero_only=False)
+            self.log(name, float(metrics[key]), prog_bar=key == "auc", sync_dist=False, rank_zero_only=False)
 
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.optimizer_config, self.monitor)

@@ -194,3 +194,26 @@ def test_a_nan_validation_metric_stops_training_instead_of_logging_zero():
         task.validation_step(batch.replace(label=torch.ones(batch.size)), 0)     # one class: AUC undefined
     with pytest.raises(NonFiniteLossError, match=r"valid/auc is nan at epoch 3 \(global step 120\)"):
         task.on_validation_epoch_end()
+
+
+def test_gauc_undefined_on_one_pair_per_user_is_not_an_error_unless_monitored():
+    # the din protocol on MovieLens: one validation rating per user, so no user has both
+    # labels; AUC over the split is fine, GAUC is undefined and must not stop training
+    trainer = SimpleNamespace(world_size=1, current_epoch=0, global_step=10)
+    batch = make_batch()
+    single = batch.replace(user=torch.arange(batch.size), label=(torch.arange(batch.size) % 2).float())
+    logged = {}
+    task = RankingTask(AuxModel(FEATURES), OptimizerSection())
+    task._trainer = trainer
+    task.log = lambda name, value, **kwargs: logged.__setitem__(name, value)   # what reaches Lightning
+    with torch.no_grad():
+        task.validation_step(single, 0)
+    task.on_validation_epoch_end()
+    assert set(logged) == {"valid/auc", "valid/logloss"}
+    task = RankingTask(AuxModel(FEATURES), OptimizerSection(), monitor="valid/gauc")
+    task._trainer = trainer
+    task.log = lambda name, value, **kwargs: None
+    with torch.no_grad():
+        task.validation_step(single, 0)
+    with pytest.raises(NonFiniteLossError, match=r"valid/gauc is nan"):
+        task.on_validation_epoch_end()
