@@ -1,0 +1,161 @@
+"""DiffuMIN beside DIN on CPU: training samples/s, inference ms per 1 000 candidates, and the
+share of DiffuMIN's training step spent in its C·(1 + T′) denoiser passes, at L = 50 and 1 000.
+
+A training step = forward + BCE + the auxiliary losses + backward + Adam step on random ids
+(timings do not depend on the values). Inference = eval-mode forward under no_grad of 1 000
+candidate rows (each with its own history of length L), scored in chunks. Both models at their
+paper defaults (DIN 64 + 64, [36] PReLU, MLP 200-80; DiffuMIN 8 + 8, C = 4, T′ = 10, DNN
+1024-512-256 Dice). The denoiser share is measured twice: the wall time inside the denoiser's
+forward calls (hooks) over the step, and 1 − step(use_dmig=False) / step (forward + backward of
+DMIG and CMIC together). Writes bench/results/diffumin_cpu.json.
+
+    python bench/bench_diffumin.py [--threads 1] [--batch 64] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from recsys.contract import Batch
+from recsys.models.base import FeatureSpec
+from recsys.models.diffumin import DiffuMIN
+from recsys.models.din import DIN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_batch(features: FeatureSpec, batch: int, length: int, seed: int = 0) -> Batch:
+    """Random ids, lengths uniform in [L/2, L] (long histories are mostly full)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max(1, length // 2), length + 1, (batch,), generator=g)
+    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    items = torch.randint(2, features.num_items, (batch, length), generator=g) * mask
+    return Batch(user=torch.randint(2, features.num_users, (batch,), generator=g),
+                 target_item=torch.randint(2, features.num_items, (batch,), generator=g),
+                 target_category=torch.randint(2, features.num_categories, (batch,), generator=g),
+                 label=torch.randint(0, 2, (batch,), generator=g).float(), lengths=lengths,
+                 hist_item=items, hist_category=(items % (features.num_categories - 2) + 2) * mask)
+
+
+class DenoiserClock:
+    """Wall seconds spent inside ``module``'s forward calls (forward hooks), and their count."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.seconds, self.calls, self._start = 0.0, 0, 0.0
+        module.register_forward_pre_hook(self._enter)
+        module.register_forward_hook(self._leave)
+
+    def _enter(self, *_):
+        self._start = time.perf_counter()
+
+    def _leave(self, *_):
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+
+def train_steps(model: torch.nn.Module, batch: Batch, steps: int, warmup: int,
+                clock: DenoiserClock = None) -> Tuple[float, float, int]:
+    """(median step seconds, median denoiser-forward seconds per step, denoiser calls per step)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    times, inside, calls = [], [], 0
+    for i in range(warmup + steps):
+        if clock is not None:
+            clock.reset()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        out = model(batch)
+        loss = F.binary_cross_entropy_with_logits(out.logit, batch.label) + sum(out.aux_losses.values())
+        loss = loss + model.regularization(batch)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+            if clock is not None:
+                inside.append(clock.seconds)
+                calls = clock.calls
+    median = lambda xs: sorted(xs)[len(xs) // 2] if xs else 0.0   # noqa: E731
+    return median(times), median(inside), calls
+
+
+@torch.no_grad()
+def inference_ms_per_1000(model: torch.nn.Module, batch: Batch, chunk: int, repeats: int) -> float:
+    """Median ms to score 1 000 candidates (``batch`` has 1 000 rows), ``chunk`` rows per forward."""
+    model.eval()
+    model(batch.slice(0, chunk))                       # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for a in range(0, batch.size, chunk):
+            model(batch.slice(a, min(a + chunk, batch.size)))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3 * 1000 / batch.size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64, help="training batch")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 1000])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    features = FeatureSpec(num_users=10_000, num_items=100_000, num_categories=1_000, max_length=max(args.lengths))
+    makers = {
+        "DIN (paper defaults)": lambda: DIN(features, attention_backend="torch"),
+        "DiffuMIN (paper defaults)": lambda: DiffuMIN(features),
+        "DiffuMIN use_dmig=False": lambda: DiffuMIN(features, use_dmig=False),
+    }
+    rows: List[Dict] = []
+    for length in args.lengths:
+        train_batch = make_batch(features, args.batch, length)
+        candidates = make_batch(features, 1000, length, seed=1)
+        chunk = 250 if length <= 200 else 100
+        step_of: Dict[str, float] = {}
+        for name, make in makers.items():
+            torch.manual_seed(0)
+            model = make()
+            clock = DenoiserClock(model.denoiser) if getattr(model, "use_dmig", False) else None
+            step, inside, calls = train_steps(model, train_batch, args.steps, 1, clock)
+            step_of[name] = step
+            row = {"model": name, "L": length, "train_batch": args.batch, "step_ms": round(step * 1e3, 1),
+                   "train_samples_per_s": round(args.batch / step),
+                   "inference_ms_per_1000": round(inference_ms_per_1000(model, candidates, chunk, 3), 1)}
+            if clock is not None:
+                row.update(denoiser_calls_per_step=calls, denoiser_rows_per_call=model.num_channels * args.batch,
+                           denoiser_forward_ms=round(inside * 1e3, 1),
+                           denoiser_forward_share=round(inside / step, 3))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        full, ablated = step_of["DiffuMIN (paper defaults)"], step_of["DiffuMIN use_dmig=False"]
+        rows.append({"model": "DiffuMIN DMIG+CMIC share of the step (1 - no_dmig/full)", "L": length,
+                     "share": round(1 - ablated / full, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s), "
+                        "2-core machine shared with other jobs",
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "torch": torch.__version__,
+              "command": "python bench/bench_diffumin.py " + " ".join(
+                  f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
+              "steps": args.steps, "warmup": 1, "rows": rows}
+    out = REPO / "bench" / "results" / "diffumin_cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
