@@ -37,6 +37,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -52,6 +53,11 @@ METRIC = "inner_product"
 STAMP_VERSION = 1
 INDEX_DIR = "index"
 KINDS = ("flat", "ivf", "hnsw")
+# exact search = one GEMM per (query block, item block) then a top-n scan; FAISS's default
+# item block (1024) leaves D = 64 searches at a quarter of the machine's GEMM rate, 32768
+# items per block reaches it (bench/bench_retrieval.py); the score block is
+# EXACT_QUERY_BLOCK × EXACT_ITEM_BLOCK floats (128 MB)
+EXACT_QUERY_BLOCK, EXACT_ITEM_BLOCK = 1024, 32768
 # the keys each kind takes (a key of another kind is a mistake, not a silent no-op)
 KIND_KEYS = {"flat": (), "ivf": ("nlist", "nprobe", "train_size"), "hnsw": ("m", "ef_construction", "ef_search")}
 
@@ -193,6 +199,18 @@ def set_search_params(index: faiss.Index, kind: str, nprobe: Optional[int] = Non
         faiss.downcast_index(index).hnsw.efSearch = int(ef_search)
 
 
+@contextmanager
+def _blas_blocks(query_block: int, item_block: int):
+    """FAISS's exact-search block sizes for one search (they are FAISS globals: restored
+    after; a concurrent search may see either setting, which changes speed, not results)."""
+    previous = faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = query_block, item_block
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = previous
+
+
 class ItemIndex:
     """A loaded (or freshly built) index and its stamp.
 
@@ -227,7 +245,10 @@ class ItemIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ConfigError(f"queries of shape {queries.shape} for a {self.dim}-d index")
-        if self.max_norm_sq is None:
+        if self.kind == "flat":
+            with _blas_blocks(EXACT_QUERY_BLOCK, EXACT_ITEM_BLOCK):
+                scores, labels = self.index.search(queries, int(n))
+        elif self.max_norm_sq is None:
             scores, labels = self.index.search(queries, int(n))
         else:
             padded = np.ascontiguousarray(np.hstack([queries, np.zeros((len(queries), 1), np.float32)]))
