@@ -91,17 +91,23 @@ def train_steps(model: torch.nn.Module, batch: Batch, steps: int, warmup: int,
 
 
 @torch.no_grad()
-def inference_ms_per_1000(model: torch.nn.Module, batch: Batch, chunk: int, repeats: int) -> float:
-    """Median ms to score 1 000 candidates (``batch`` has 1 000 rows), ``chunk`` rows per forward."""
+def inference_ms_per_1000(model: torch.nn.Module, batch: Batch, chunk: int, repeats: int,
+                          clock: DenoiserClock = None) -> Tuple[float, float]:
+    """(median ms to score 1 000 candidates, the denoiser's share of that time); ``batch`` has
+    1 000 rows, scored ``chunk`` rows per forward."""
     model.eval()
     model(batch.slice(0, chunk))                       # warm-up
-    times = []
+    runs = []
     for _ in range(repeats):
+        if clock is not None:
+            clock.reset()
         start = time.perf_counter()
         for a in range(0, batch.size, chunk):
             model(batch.slice(a, min(a + chunk, batch.size)))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3 * 1000 / batch.size
+        seconds = time.perf_counter() - start
+        runs.append((seconds, clock.seconds / seconds if clock is not None else 0.0))
+    seconds, share = sorted(runs)[len(runs) // 2]
+    return seconds * 1e3 * 1000 / batch.size, share
 
 
 def main() -> None:
@@ -130,13 +136,15 @@ def main() -> None:
             clock = DenoiserClock(model.denoiser) if getattr(model, "use_dmig", False) else None
             step, inside, calls = train_steps(model, train_batch, args.steps, 1, clock)
             step_of[name] = step
+            infer_ms, infer_share = inference_ms_per_1000(model, candidates, chunk, 3, clock)
             row = {"model": name, "L": length, "train_batch": args.batch, "step_ms": round(step * 1e3, 1),
-                   "train_samples_per_s": round(args.batch / step),
-                   "inference_ms_per_1000": round(inference_ms_per_1000(model, candidates, chunk, 3), 1)}
+                   "train_samples_per_s": round(args.batch / step), "inference_ms_per_1000": round(infer_ms, 1),
+                   "parameters": sum(p.numel() for p in model.parameters())}
             if clock is not None:
                 row.update(denoiser_calls_per_step=calls, denoiser_rows_per_call=model.num_channels * args.batch,
                            denoiser_forward_ms=round(inside * 1e3, 1),
-                           denoiser_forward_share=round(inside / step, 3))
+                           denoiser_forward_share_of_step=round(inside / step, 3),
+                           denoiser_share_of_inference=round(infer_share, 3))
             rows.append(row)
             print(json.dumps(row), flush=True)
         full, ablated = step_of["DiffuMIN (paper defaults)"], step_of["DiffuMIN use_dmig=False"]
