@@ -35,6 +35,10 @@ Deliberate departures and where the sources differ (switches):
       writes o = ReLU(QKᵀ/√d_a)V + x_t with no W_o (which only type-checks for d_a = d_i).
       ``attention_projection`` (default True, the code) selects; False needs
       ``attention_dim`` equal to d_i.
+    * ASTA evaluation order: s = X_b (W_kᵀ Q)/√d_a and aᵀV = W_v (aᵀ X_b) instead of
+      building K, V [B, L, d_a] (``attention_reassociate``, default True): the same
+      parameters and function (equal up to float rounding, tested), O(L·d_i) instead of
+      O(L·d_i·d_a) per row.
     * ASTA masking: scores at padded positions are set to 0 with ``torch.where`` (and the
       values there too) instead of the code's ``scores * mask``; identical for finite numbers
       (ReLU(0) = 0), and a non-finite value behind the padding cannot turn into NaN.
@@ -148,6 +152,8 @@ class QIN(RankingModel):
         attention_dim: d_a (None = 2 · d_i, the official code).
         attention_scale: divide the scores by sqrt(d_a).
         attention_projection: W_o before the residual (code) or not (paper; d_a = d_i).
+        attention_reassociate: evaluate the keys and values through their linearity
+            (X_b(W_kᵀQ), W_v(aᵀX_b)): the same function, without the [B, L, d_a] tensors.
         num_layers, num_row: QNN depth and R.
         net_dropout: dropout inside each quadratic layer and after each activation.
         batch_norm: BatchNorm1d after each quadratic layer.
@@ -161,6 +167,7 @@ class QIN(RankingModel):
     def __init__(self, features: FeatureSpec, *, embedding_dim: int = 128, item_fields: Optional[List[str]] = None,
                  use_category: bool = False, sample_fields: Optional[List[str]] = None,
                  attention_dim: Optional[int] = None, attention_scale: bool = True, attention_projection: bool = True,
+                 attention_reassociate: bool = True,
                  num_layers: int = 4, num_row: int = 4, net_dropout: float = 0.1, batch_norm: bool = True,
                  prelu_per_unit: bool = False, embedding_regularizer: float = 2e-4, embedding_init_std: float = 1e-4,
                  ids_pooling: str = "mean", linear_init: str = "xavier_normal") -> None:
@@ -184,7 +191,7 @@ class QIN(RankingModel):
         self.tower = QINItemTower(features, item_fields, embedding_dim, use_category, ids_pooling, embedding_init_std)
         item_dim = self.tower.dim
         self.attention = AdaptiveSparseTargetAttention(item_dim, attention_dim or 2 * item_dim, attention_scale,
-                                                       attention_projection)
+                                                       attention_projection, attention_reassociate)
         self.sample_fields = list(sample_fields)
         self.fields = profile_embedding(features, self.sample_fields, self.tower.embedding, embedding_dim,
                                         embedding_init_std, ids_pooling)

@@ -12,6 +12,11 @@ Padding is removed by zeroing the *scores* (the official code multiplies them by
 ReLU(0) = 0, so padded behaviours get weight 0 exactly and an empty history gives
 o = W_o(0) + x_t = x_t).
 
+Evaluation order. K and V are linear in X_b, so the same numbers come from
+s = X_b (W_kᵀ Q) / √d_a and aᵀV = W_v (aᵀ X_b): the [B, L, d_a] keys and values are never
+built, and the per-behaviour cost drops from O(D·d_a) to O(D) (``reassociate=True``, the
+default; ``False`` evaluates the official order, kept for the test that the two agree).
+
 QNN layer (``num_row`` = R)::
 
     g = Dropout(W z + b)  [B, R·D] → [B, R, D]
@@ -38,9 +43,12 @@ class AdaptiveSparseTargetAttention(nn.Module):
         use_scale: divide the scores by sqrt(d_a) (official code and paper).
         output_projection: o = W_o(aᵀV) + x_t (official code). False gives the paper's
             formula o = aᵀV + x_t, which needs d_a == D.
+        reassociate: evaluate K and V through their linearity (see the module docstring);
+            same parameters and values, O(L·D) instead of O(L·D·d_a) per row.
     """
 
-    def __init__(self, dim: int, attention_dim: int, use_scale: bool = True, output_projection: bool = True) -> None:
+    def __init__(self, dim: int, attention_dim: int, use_scale: bool = True, output_projection: bool = True,
+                 reassociate: bool = True) -> None:
         super().__init__()
         if not output_projection and attention_dim != dim:
             raise ValueError(f"without the output projection the attention width must equal the item width "
@@ -51,21 +59,27 @@ class AdaptiveSparseTargetAttention(nn.Module):
         self.W_k = nn.Linear(dim, attention_dim, bias=False)
         self.W_v = nn.Linear(dim, attention_dim, bias=False)
         self.W_o = nn.Linear(attention_dim, dim, bias=False) if output_projection else None
+        self.reassociate = reassociate
 
     def weights(self, target: Tensor, history: Tensor, mask: Tensor) -> Tensor:
         """a = ReLU(masked scaled scores), [B, L]."""
         query = self.W_q(target)                                              # [B, d_a]
-        key = self.W_k(history)                                               # [B, L, d_a]
-        scores = torch.einsum("bld,bd->bl", key, query) / self.scale
+        if self.reassociate:                                                  # K Q = X_b (W_kᵀ Q)
+            scores = torch.einsum("bld,bd->bl", history, query @ self.W_k.weight)
+        else:
+            scores = torch.einsum("bld,bd->bl", self.W_k(history), query)
+        scores = scores / self.scale
         # where, not the official scores * mask: identical for finite scores, and a
         # non-finite value in a padded position cannot leak in (0 · inf = NaN)
         return torch.relu(torch.where(mask, scores, torch.zeros_like(scores)))
 
     def forward(self, target: Tensor, history: Tensor, mask: Tensor) -> Tensor:
         weights = self.weights(target, history, mask)                         # [B, L]
-        value = self.W_v(history)                                             # [B, L, d_a]
-        pooled = torch.einsum("bl,bld->bd", weights, torch.where(mask.unsqueeze(-1), value,
-                                                                  torch.zeros_like(value)))
+        history = torch.where(mask.unsqueeze(-1), history, torch.zeros_like(history))
+        if self.reassociate:                                                  # aᵀV = W_v (aᵀ X_b)
+            pooled = self.W_v(torch.einsum("bl,bld->bd", weights, history))
+        else:
+            pooled = torch.einsum("bl,bld->bd", weights, self.W_v(history))  # [B, d_a]
         if self.W_o is not None:
             pooled = self.W_o(pooled)
         return pooled + target
