@@ -6,7 +6,8 @@ Adam, on random batches of the configs' shape (B = 128, L = 20, D = 64, K = 4, 1
 negatives, Beauty's 12,103 item ids). Variants are timed round-robin (one step of each per
 round, so load on a shared machine hits them alike) and the median per-step time is
 reported; DESMIL's weights are also summarised (effective sample size 1 / Σ w² as a share
-of B, and B · max w) to show how far they move from uniform.
+of B, B · max w, and the weighted HSIC of the last batch's interests, averaged over 20 fixed
+Fourier draws, at uniform and at learned weights) to show how far they move from uniform.
 
     python bench/bench_desmil_cost.py [--threads 1] [--steps 40] [--out bench/results/desmil_cost.json]
 """
@@ -29,6 +30,7 @@ import torch
 from recsys.config import OptimizerSection, RetrievalSection
 from recsys.contract import Batch, FeatureSpec
 from recsys.models import MODELS
+from recsys.models.layers.stable_weights import fourier_draws
 from recsys.retrieval_task import ItemProposal, RetrievalTask
 
 VARIANTS = {
@@ -37,7 +39,9 @@ VARIANTS = {
     "DESMIL_no_memory": ("DESMIL", {"memory": 0}),
     "DESMIL_pairs_all": ("DESMIL", {"pairs": "all"}),
     "DESMIL_5_inner_steps": ("DESMIL", {"inner_steps": 5}),
-    "DESMIL_lambda_p_1e-3": ("DESMIL", {"lambda_p": 1e-3}),
+    "DESMIL_stablenet_rff": ("DESMIL", {"standardize": False}),
+    "DESMIL_lambda_p_0.1": ("DESMIL", {"lambda_p": 0.1}),
+    "DESMIL_lambda_p_0.01": ("DESMIL", {"lambda_p": 0.01}),
 }
 
 
@@ -106,9 +110,15 @@ def main(argv=None) -> int:
                 interests = model.extractor(*model.history(batches[0]))
             features = interests.reshape(args.batch, -1)
             uniform = torch.full((args.batch,), 1.0 / args.batch)
-            entry["hsic_uniform_weights"] = float(model.reweighter.hsic(features, uniform))
+            draws = [fourier_draws(features.shape[1], model.reweighter.num_fourier,
+                                   generator=torch.Generator().manual_seed(s)) for s in range(20)]
+
+            def mean_hsic(w):   # over 20 fixed draws: one draw is too noisy to compare
+                return float(np.mean([float(model.reweighter.hsic(features, w, d)) for d in draws]))
+
+            entry["hsic_uniform_weights"] = mean_hsic(uniform)
             weights = model.reweighter(features)
-            entry["hsic_learned_weights"] = float(model.reweighter.hsic(features, weights))
+            entry["hsic_learned_weights"] = mean_hsic(weights)
             entry["weights_effective_share"] = round(float(1.0 / weights.pow(2).sum() / args.batch), 4)
             entry["weights_max_times_B"] = round(float(weights.max() * args.batch), 4)
         results[name] = entry

@@ -53,6 +53,10 @@ Deliberate departures (beyond the reconstruction itself):
   batches in a run that starts at epoch 0), and λ_p does not decay (StableNet's default
   ``lambda_decay_rate = 1`` makes its decay a no-op too).
 * The min–max rescaling of the Fourier arguments guards a constant row against 0/0.
+* ``standardize`` (default on) z-scores each interest coordinate over batch + memory
+  before the Fourier features: StableNet's fixed-bandwidth RFF sees interests at
+  embedding scale as constants (weighted HSIC ~1e-8, weights stay uniform to 4 decimals at
+  λ_p = 70; bench/results/desmil_cost.json). ``standardize: false`` is StableNet's code.
 * Only the SA backbone is implemented (the note's DR option is left out).
 """
 
@@ -80,6 +84,7 @@ class DESMIL(ComiRecSA):
         lambda_p, decay_pow: HSIC divisor and weight-penalty power (70, 2).
         memory, memory_ratio, memory_warmup: the feature/weight memory (128, 0.9, 10).
         hsic_weight: α of the optional α·HSIC_{w*}(V) regulariser into the encoder (0).
+        standardize: z-score the interest coordinates before the RFF (True; False = StableNet).
     """
 
     def __init__(self, features: FeatureSpec, *, embedding_dim: int = 64, num_interests: int = 4,
@@ -88,7 +93,7 @@ class DESMIL(ComiRecSA):
                  num_fourier: int = 1, sum_cos_sin: bool = True, rescale: bool = True, inner_steps: int = 20,
                  inner_lr: float = 1.0, inner_momentum: float = 0.9, lambda_p: float = 70.0, decay_pow: float = 2.0,
                  memory: int = 128, memory_ratio: float = 0.9, memory_warmup: int = 10,
-                 hsic_weight: float = 0.0) -> None:
+                 hsic_weight: float = 0.0, standardize: bool = True) -> None:
         super().__init__(features, embedding_dim=embedding_dim, num_interests=num_interests,
                          hidden_factor=hidden_factor, positional=positional, item_fields=item_fields,
                          item_init=item_init)
@@ -98,7 +103,8 @@ class DESMIL(ComiRecSA):
         self.reweighter = DecorrelationWeights(
             num_interests * embedding_dim, embedding_dim, pairs=pairs, num_fourier=num_fourier,
             sum_cos_sin=sum_cos_sin, rescale=rescale, steps=inner_steps, lr=inner_lr, momentum=inner_momentum,
-            lambda_p=lambda_p, decay_pow=decay_pow, memory=memory, memory_ratio=memory_ratio, warmup=memory_warmup)
+            lambda_p=lambda_p, decay_pow=decay_pow, memory=memory, memory_ratio=memory_ratio, warmup=memory_warmup,
+            standardize=standardize)
 
     def user_interests(self, batch: Batch) -> RetrievalOutput:
         """[B, K, D]; in training also ``sample_weights`` [B] (Σ = 1) and, with

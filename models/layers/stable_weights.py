@@ -26,6 +26,15 @@ HSIC_{softmax([θ, θ_mem])}(features ‖ memory) / λ_p + Σ_b softmax(θ)_b^{d
 drawn afresh at each step as the code does; then the memory is updated (running mean over
 the first ``warmup`` batches, then an EMA with ratio ``memory_ratio``) and the batch's
 weights softmax(θ) (summing to 1) are returned. The features carry no gradient: only θ moves.
+
+``standardize`` (not in StableNet) z-scores every coordinate over the rows of the HSIC
+(batch + memory) before the Fourier features. The RFF kernel has a fixed bandwidth
+(ω ~ N(0, 1)), so it only sees dependence at the scale of unit-variance inputs: on a
+ResNet's 512 ReLU features (StableNet) that holds roughly, but retrieval interests live at
+embedding scale (~0.02 per coordinate at init), where ωx + β ≈ β is the same for every
+sample and the weighted HSIC is ~1e-8, so the weights never leave uniform
+(bench/results/desmil_cost.json). Standardising is the bandwidth choice of the kernel
+(the median-distance heuristic's role), not a change of the estimator.
 """
 
 from __future__ import annotations
@@ -112,12 +121,14 @@ class DecorrelationWeights(nn.Module):
         memory: rows of the feature/weight memory (``n_feature``, 128); 0 = none.
         memory_ratio: EMA ratio of the memory (``presave_ratio``, 0.9).
         warmup: batches averaged into the memory before the EMA starts (10: ``iter < 10``).
+        standardize: z-score each coordinate over the HSIC's rows first (not in StableNet;
+            see the module docstring).
     """
 
     def __init__(self, feature_dim: int, group_size: int, pairs: str = "cross_interest", num_fourier: int = 1,
                  sum_cos_sin: bool = True, rescale: bool = True, steps: int = 20, lr: float = 1.0,
                  momentum: float = 0.9, lambda_p: float = 70.0, decay_pow: float = 2.0, memory: int = 128,
-                 memory_ratio: float = 0.9, warmup: int = 10) -> None:
+                 memory_ratio: float = 0.9, warmup: int = 10, standardize: bool = True) -> None:
         super().__init__()
         if num_fourier < 1 or steps < 0 or memory < 0 or lambda_p <= 0 or not 0 <= memory_ratio <= 1:
             raise ValueError("num_fourier >= 1, steps >= 0, memory >= 0, lambda_p > 0, memory_ratio in [0, 1]")
@@ -125,14 +136,18 @@ class DecorrelationWeights(nn.Module):
         self.num_fourier, self.sum_cos_sin, self.rescale = num_fourier, sum_cos_sin, rescale
         self.steps, self.lr, self.momentum = steps, lr, momentum
         self.lambda_p, self.decay_pow = lambda_p, decay_pow
-        self.memory_ratio, self.warmup = memory_ratio, warmup
+        self.memory_ratio, self.warmup, self.standardize = memory_ratio, warmup, standardize
         # training state, saved with checkpoints as StableNet's pre_features / pre_weight1
         self.register_buffer("memory_features", torch.zeros(memory, feature_dim))
         self.register_buffer("memory_logits", torch.ones(memory))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def hsic(self, features: Tensor, weights: Tensor, draws: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
-        """Weighted RFF-HSIC of ``features`` [n, F] (fresh draws unless given)."""
+        """Weighted RFF-HSIC of ``features`` [n, F] (fresh draws unless given; z-scored
+        over the n rows first with ``standardize``)."""
+        if self.standardize:
+            std = features.std(dim=0, unbiased=False, keepdim=True)
+            features = (features - features.mean(dim=0, keepdim=True)) / std.clamp_min(1e-12)
         omega, beta = draws if draws is not None else fourier_draws(features.shape[1], self.num_fourier,
                                                                     features.device)
         return rff_hsic(features, weights, omega, beta, self.mask, self.rescale, self.sum_cos_sin)
