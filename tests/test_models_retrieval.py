@@ -363,7 +363,7 @@ def test_each_model_overfits_a_tiny_set(name, retrieval):
     losses = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                    # self.log outside a Trainer
-        for _ in range(120):
+        for _ in range(80):
             optimizer.zero_grad()
             loss = task.training_step(batch, 0)
             loss.backward()
