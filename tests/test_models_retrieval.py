@@ -420,3 +420,24 @@ def test_shipped_configs_parse_and_build_their_model(name):
     features = FeatureSpec(num_users=10, num_items=40, num_categories=3, max_length=config.data.max_length or 20)
     model = config.model_class(features, **config.model_init_args)
     assert model.item_embeddings(torch.tensor([2, 3])).shape[0] == 2
+
+
+@pytest.mark.parametrize("name", ["SASRec", "ComiRecSA"])
+def test_item_side_fields_enter_history_and_candidates_alike(name):
+    from models_fixtures import side_batch, side_spec, side_tables
+    spec = side_spec()
+    plain = MODELS[name](spec, embedding_dim=8)
+    torch.manual_seed(0)
+    model = MODELS[name](spec, embedding_dim=8, item_fields=["brand", "genres", "text"])
+    model.attach_side_tables(side_tables(spec))
+    items = torch.tensor([2, 3, 4])
+    by_hand = (model.items.ids(items) + model.items.side.embed("brand", model.item_side.lookup("brand", items))
+               + model.items.side.embed("genres", model.item_side.lookup("genres", items))
+               + model.items.side.embed("text", model.item_side.lookup("text", items)))
+    assert torch.allclose(model.item_embeddings(items), by_hand)
+    model.eval()
+    batch = side_batch(spec)
+    assert torch.allclose(_interests(model, batch), _interests(model, with_garbage_padding(batch)), atol=1e-6)
+    assert plain.items.side is None
+    with pytest.raises(ConfigError, match="not item side fields"):
+        MODELS[name](spec, item_fields=["age"])
