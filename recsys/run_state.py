@@ -99,6 +99,7 @@ def _resume_point(out: Path, resolved_config: dict) -> Path:
     if not ckpt.exists():
         raise CheckpointError(f"{out}: no checkpoint to resume from ({ckpt} is missing: the run stopped before "
                               "its first validation); start over with --overwrite")
+    check_resumable(ckpt)
     return ckpt
 
 
@@ -126,14 +127,24 @@ def _write_config(out: Path, resolved_config: dict) -> None:
     tmp.replace(out / "config.yaml")
 
 
-def describe_interrupt(out: Path, exc: BaseException, epoch: int, step: int) -> FitInterrupted:
-    """The one-line error of a fit stopped by a signal."""
-    signal_name = "SIGTERM" if type(exc).__name__ == "SIGTERMException" or "SIGTERM" in str(exc) else "SIGINT"
+def describe_interrupt(out: Path, exc: BaseException, epoch: Optional[int] = None,
+                       step: Optional[int] = None) -> FitInterrupted:
+    """The one-line error of a fit stopped by a signal (during training: at ``epoch`` and
+    ``step``; before or after it: None)."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 5:
+        chain.append(e)
+        e = e.__context__
+    sigterm = any(type(e).__name__ == "SIGTERMException" or "SIGTERM" in str(e) for e in chain)
+    signal_name = "SIGTERM" if sigterm else "SIGINT"
+    where = f"at epoch {epoch}, step {step}" if epoch is not None else "outside training (setup or final evaluation)"
+    if is_finished(out):
+        return FitInterrupted(f"fit of {out} interrupted by {signal_name} after it finished writing metrics.json")
     if last_checkpoint(out).exists():
         then = f"resume it with `recsys fit --resume {out}` (continues from {last_checkpoint(out)})"
     else:
         then = "no checkpoint was written yet (none before the first validation): start over with --overwrite"
-    return FitInterrupted(f"fit of {out} interrupted by {signal_name} at epoch {epoch}, step {step}; "
+    return FitInterrupted(f"fit of {out} interrupted by {signal_name} {where}; "
                           f"the run is not finished (no metrics.json); {then}")
 
 
@@ -173,3 +184,56 @@ def check_same_vocabulary(run_dir: Path, dataset) -> None:
         raise CheckpointError(f"{run_dir}: {dataset.path} is not the data the run was trained on: its vocabularies "
                               f"{', '.join(differ)} assign other ids (rebuilt since training, or another dataset; "
                               "vocabulary fingerprint); evaluate on the dataset the run was trained on, or retrain")
+
+
+# ---------------------------------------------------------------- signals and checkpoint files
+def atomic_checkpoint_io():
+    """A Lightning CheckpointIO that writes each checkpoint to a temporary name and renames
+    it, so ``last.ckpt`` (and the best checkpoint) is complete or absent, whatever moment a
+    SIGINT lands."""
+    import os
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            path = str(path)
+            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+
+    return AtomicCheckpointIO()
+
+
+class lightning_handles_sigterm:
+    """While Lightning trains, SIGTERM is Lightning's own (a flag checked after each batch,
+    then a clean stop); outside, :func:`recsys.data_pipelines.output_dir.terminate_as_interrupt`
+    turns it into an exception. This restores the default handler for the duration so
+    Lightning does not compose ours into its own (which would stop mid-step)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self._saved = None
+        if threading.current_thread() is threading.main_thread():
+            self._saved = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        if self._saved is not None:
+            signal.signal(signal.SIGTERM, self._saved)
+        return False
+
+
+def check_resumable(ckpt: Path) -> None:
+    """A checkpoint that does not load (a foreign or damaged file) is a one-line error."""
+    import torch
+    try:
+        state = torch.load(str(ckpt), map_location="cpu", weights_only=False)
+    except Exception as exc:   # torch raises many types for a damaged file
+        raise CheckpointError(f"{ckpt}: not a readable Lightning checkpoint ({type(exc).__name__}: {exc}); "
+                              "start over with --overwrite") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "loops" not in state:
+        raise CheckpointError(f"{ckpt}: not a full Lightning training checkpoint (no loop state); "
+                              "start over with --overwrite")

@@ -38,6 +38,7 @@ from recsys.data_pipelines.build import build_from_yaml
 from recsys.data_pipelines.config import load_data_config
 from recsys.data_pipelines.dataset import BuiltDataset
 from recsys.data_pipelines.loader import SampleLoader
+from recsys.data_pipelines.output_dir import terminate_as_interrupt
 from recsys.errors import CheckpointError, ConfigError, DataError  # noqa: F401  (CheckpointError re-exported)
 from recsys.models.base import RankingModel
 
@@ -147,7 +148,10 @@ def fit(config: RunConfig, progress: bool = True, overwrite: bool = False, resum
     (continue from its last checkpoint, same config): see :mod:`recsys.run_state`."""
     threads = torch.get_num_threads()
     try:
-        return _fit(config, progress, overwrite, resume)
+        with terminate_as_interrupt():      # SIGTERM outside training: a clean one-line stop too
+            return _fit(config, progress, overwrite, resume)
+    except KeyboardInterrupt as exc:
+        raise run_state.describe_interrupt(Path(config.output_dir), exc) from None
     finally:
         torch.set_num_threads(threads)
 
@@ -180,10 +184,12 @@ def _fit(config: RunConfig, progress: bool, overwrite: bool = False, resume: boo
                         val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
                         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
                         callbacks=callbacks, logger=_loggers(out), enable_progress_bar=progress and t.enable_progress_bar,
-                        enable_model_summary=False, deterministic=False, num_sanity_val_steps=0)
+                        enable_model_summary=False, deterministic=False, num_sanity_val_steps=0,
+                        plugins=[run_state.atomic_checkpoint_io()])   # checkpoints complete or absent
     train_started = time.perf_counter()
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        with run_state.lightning_handles_sigterm():
+            trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except (KeyboardInterrupt, SystemExit) as exc:   # Lightning: SIGINT -> sys.exit(1), SIGTERM -> SIGTERMException
         raise run_state.describe_interrupt(out, exc, trainer.current_epoch, trainer.global_step) from None
     train_seconds = time.perf_counter() - train_started

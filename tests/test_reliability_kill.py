@@ -25,7 +25,7 @@ from recsys.data_pipelines.dataset import BuiltDataset
 from recsys.data_pipelines.output_dir import input_fingerprint
 
 SEED = int(os.environ.get("RECSYS_KILL_SEED", "16"))
-CHILD_TIMEOUT = 120     # a child that hangs after a signal is a failure, not a stuck CI job
+CHILD_TIMEOUT = 180     # a child that hangs after a signal is a failure, not a stuck CI job
 
 
 def cli(*args) -> list:

@@ -137,3 +137,35 @@ def test_quiet_build_still_prints_the_rejection_summary(project, capsys):
     assert cli_main(["data", "build", str(project / "data.yaml"), "--quiet", "--overwrite"]) == 0
     out = capsys.readouterr().out
     assert "1 lines rejected" in out and "bad_item" in out and f"{logs}, line 961" in out
+
+
+def test_a_damaged_last_checkpoint_is_a_one_line_error_on_resume(project, capsys):
+    config = run_config(project)
+    assert cli_main(["fit", str(config), "--quiet"]) == 0
+    run = project / "run"
+    (run / "metrics.json").unlink()
+    ckpt = run_state.last_checkpoint(run)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])          # what a non-atomic write cut short would leave
+    capsys.readouterr()
+    assert cli_main(["fit", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a readable Lightning checkpoint" in err[0]
+    # checkpoints are written through a temporary name: no partial file is ever left under the real one
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_interrupt_messages_name_the_signal_and_the_way_back(tmp_path):
+    from recsys.data_pipelines.output_dir import BuildInterrupted
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    try:
+        try:
+            raise BuildInterrupted("build interrupted by SIGTERM")
+        except KeyboardInterrupt:
+            raise SystemExit(1)            # what Lightning turns a KeyboardInterrupt into
+    except SystemExit as exc:
+        message = str(run_state.describe_interrupt(run, exc, 2, 40))
+    assert "interrupted by SIGTERM at epoch 2, step 40" in message and "--overwrite" in message
+    run_state.last_checkpoint(run).write_bytes(b"x")
+    message = str(run_state.describe_interrupt(run, KeyboardInterrupt()))
+    assert "SIGINT outside training" in message and f"recsys fit --resume {run}" in message
