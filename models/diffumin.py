@@ -40,7 +40,8 @@ Switches (each one config line; the paper's ablations and where the sources diff
                           without orthogonalising them
     routing="soft"        soft routing (softmax over channels) instead of top-1
     filter="top_p"        the paper's top-p share per channel instead of the code's top-k (100)
-    sample_start="random" the code's start: noise r̂_i to a random t in [0, T) (then T′ steps)
+    sample_start="random" the code's start: noise r̂_i to a random t in [0, T) (then T′ steps;
+                          the start is random at inference too, so scores are not reproducible)
     eval_sampling="stochastic"  the code's noisy chain at inference too
 
 Departures from the official code (deliberate; see models-a §3 "Pitfalls"):
