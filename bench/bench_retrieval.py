@@ -69,12 +69,13 @@ def gemm_gflops(size: int = 2048, repeat: int = 3) -> float:
     return best
 
 
-def run_search(index, interests: np.ndarray, top_n: int, chunk: int) -> "tuple[np.ndarray, float]":
+def run_search(index, interests: np.ndarray, top_n: int, chunk: int,
+               per_interest: "int | None" = None) -> "tuple[np.ndarray, float]":
     """(merged top-N items [U, N], seconds)."""
     parts = []
     started = time.perf_counter()
     for s in range(0, len(interests), chunk):
-        parts.append(multi_interest_search(index, interests[s:s + chunk], top_n).items)
+        parts.append(multi_interest_search(index, interests[s:s + chunk], top_n, per_interest).items)
     return np.concatenate(parts), time.perf_counter() - started
 
 
@@ -101,11 +102,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=100)
-    parser.add_argument("--ef-search", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--ef-search", nargs="+", default=["256", "512"],
+                        help="HNSW efSearch values, each optionally EF:PER_INTEREST (items searched per interest; "
+                             "default top-n)")
+    parser.add_argument("--approx", nargs="*", default=["ivf", "hnsw"], choices=["ivf", "hnsw"],
+                        help="approximate indexes to measure (exact is always measured: the reference)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "retrieval.json"))
     parser.add_argument("--update-docs", action="store_true")
+    parser.add_argument("--docs-only", nargs="+", metavar="JSON",
+                        help="write the docs section from saved result files (one table each), measure nothing")
     args = parser.parse_args(argv)
+    if args.docs_only:
+        results = [dict(json.loads(Path(p).read_text()), out=str(p)) for p in args.docs_only]
+        update_docs(results)
+        return results[0]
     faiss.omp_set_num_threads(args.threads)
     users = max(args.exact_users, args.approx_users, args.recall_users)
     started = time.perf_counter()
@@ -151,16 +162,21 @@ def main(argv=None) -> dict:
     for config, name, values in [(IndexConfig("ivf", nlist=args.nlist), "nprobe", args.nprobe),
                                  (IndexConfig("hnsw", m=args.hnsw_m, ef_construction=args.ef_construction),
                                   "ef_search", args.ef_search)]:
+        if config.kind not in args.approx:
+            continue
         started = time.perf_counter()
         index = build_index(vectors, config)
         build_seconds = time.perf_counter() - started
         print(f"built {index.stamp['factory']} in {build_seconds:.1f} s", flush=True)
         for value in values:
+            value, _, per_interest = str(value).partition(":")
+            value, per_interest = int(value), int(per_interest) if per_interest else args.top_n
             index.set_search_params(**{name: value})
-            run_search(index, approx_users[:16], args.top_n, args.chunk)
-            found, seconds = run_search(index, approx_users, args.top_n, args.chunk)
+            run_search(index, approx_users[:16], args.top_n, args.chunk, per_interest)
+            found, seconds = run_search(index, approx_users, args.top_n, args.chunk, per_interest)
             rate = len(approx_users) / seconds
             entry = {"index": config.kind, "factory": index.stamp["factory"], name: value,
+                     "per_interest": per_interest,
                      "build_seconds": round(build_seconds, 2), "users": len(approx_users),
                      "seconds": round(seconds, 3), "users_per_second": round(rate, 1),
                      "speedup_vs_exact": round(rate / exact_rate, 2),
@@ -173,34 +189,43 @@ def main(argv=None) -> dict:
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(args.out)
     if args.update_docs:
-        update_docs(result)
+        update_docs([dict(result, out=args.out)])
     return result
 
 
-def update_docs(result: dict) -> None:
-    from docs_section import write_section   # bench/ is the script's folder
+def _table(result: dict) -> list:
     n = result["top_n"]
-    lines = ["## Candidate retrieval (FAISS stage)", "",
-             f"{result['items']:,} generated items, d = {result['dim']}, K = {result['interests']} interests × "
-             f"top-{n} each, merged to top-{n} (`recsys.retrieval.search.multi_interest_search`, the path of "
-             f"`recsys retrieve`), {result['threads']} threads, FAISS {result['faiss_version']}, "
-             f"{result['cpus']} CPUs (load average {result['load_average_at_start'][0]:.1f} at start). "
-             f"Command: `{result['command']}` ({result['date']}); raw numbers in `bench/results/retrieval.json`.", "",
-             "| index | parameters | build s | users/s | vs exact | recall@%d vs exact | effective GFLOP/s | GEMM GFLOP/s |" % n,
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"`{result['command']}` ({result['date']}, {result['threads']} threads, load average "
+             f"{result['load_average_at_start'][0]:.1f} at start; `bench/results/{Path(result['out']).name}`):", "",
+             f"| index | parameters | build s | users/s | vs exact | recall@{n} vs exact | effective GFLOP/s | "
+             "GEMM GFLOP/s | share of GEMM |", "|---|---|---|---|---|---|---|---|---|"]
     for e in result["indexes"]:
-        params = ", ".join(f"{k} {e[k]}" for k in ("nprobe", "ef_search") if k in e) or \
+        params = ", ".join(f"{k} {e[k]}" for k in ("nprobe", "ef_search", "per_interest") if k in e) or \
             f"BLAS blocks {e['blas_blocks'][0]}×{e['blas_blocks'][1]}"
-        gemm = f"{max(e['gemm_gflops_before'], e['gemm_gflops_after']):.1f}" if "gemm_gflops_before" in e else ""
+        exact = e["index"].startswith("flat")
+        gemm = f"{max(e['gemm_gflops_before'], e['gemm_gflops_after']):.1f}" if exact else ""
         lines.append(f"| {e['factory']} ({e['index']}) | {params} | {e['build_seconds']} | {e['users_per_second']} | "
-                     f"{e.get('speedup_vs_exact', 1.0 if e['index'] == 'flat' else '')} | "
-                     f"{e.get(f'recall@{n}_vs_exact', 1.0)} | {e.get('effective_gflops', '')} | {gemm} |")
-    lines += ["", "Exact search is a GEMM (`users · K · items · d · 2` flops) plus a top-N scan; its effective "
-              "rate is held against the machine's float32 GEMM rate measured just before and after it (the "
-              "larger is used). HNSW searches the inner product through the L2 reduction "
-              "(`docs/retrieval.md`)."]
-    write_section(REPO / "docs" / "benchmarks.md", "retrieval", "\n".join(lines),
-                  "bench/bench_retrieval.py --update-docs")
+                     f"{e.get('speedup_vs_exact', '')} | {e.get(f'recall@{n}_vs_exact', 1.0)} | "
+                     f"{e.get('effective_gflops', '')} | {gemm} | {e.get('share_of_gemm', '')} |")
+    return lines + [""]
+
+
+def update_docs(results: list) -> None:
+    from docs_section import write_section   # bench/ is the script's folder
+    first = results[0]
+    n = first["top_n"]
+    lines = ["## Candidate retrieval (FAISS stage)", "",
+             f"{first['items']:,} generated items (1000 clusters, log-normal norms), d = {first['dim']}, "
+             f"K = {first['interests']} interests × top-{n} each, merged to top-{n} "
+             "(`recsys.retrieval.search.multi_interest_search`, the path of `recsys retrieve`; users/s include "
+             f"the merge), FAISS {first['faiss_version']}, on the shared {first['cpus']}-CPU box. Exact search's "
+             "effective rate (`users · K · items · d · 2` flops per second) is held against the float32 GEMM rate "
+             "(numpy, 2048³) measured just before and after it; recall is that of the merged top-N against "
+             "exact search's, over the first 512 users. HNSW searches the inner product through the L2 "
+             "reduction (`docs/retrieval.md`).", ""]
+    for result in results:
+        lines += _table(result)
+    write_section(REPO / "docs" / "benchmarks.md", "retrieval", "\n".join(lines), "bench/bench_retrieval.py")
 
 
 if __name__ == "__main__":

@@ -227,8 +227,9 @@ def _chunk_rows(ctx: UserHistories, model, index, options: RetrieveOptions, chun
     if len(model_rows):
         interests = _interests(model, {k: v[model_rows] for k, v in hist.items()}, lengths[model_rows],
                                ids[model_rows])
-        check_finite_interests(interests, [f"{raw_users[int(r)].as_py()!r} (row {first_row + int(r)})"
-                                           for r in model_rows])
+        if not np.isfinite(interests).all():            # name the users (only then: .as_py() per row)
+            check_finite_interests(interests, [f"{raw_users[int(r)].as_py()!r} (row {first_row + int(r)})"
+                                               for r in model_rows])
         remap = np.full(batch, -1, dtype=np.int64)
         remap[model_rows] = np.arange(len(model_rows))
         in_model = use_model[seen[0]]

@@ -162,23 +162,32 @@ def multi_interest_search(index: ItemIndex, interests: np.ndarray, top_n: int, p
     if batch == 0:
         return _pad(np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32), top_n)
     per_interest = min(per_interest, index.size)
-    seen_count = np.bincount(np.asarray(seen[0], dtype=np.int64), minlength=batch) if seen is not None \
-        else np.zeros(batch, np.int64)
-    depth = min(index.size, per_interest + int(seen_count.max(initial=0)))
-    scores, ids = index.search(interests.reshape(-1, dim), depth)
-    scores, ids = scores.reshape(batch, k, depth), ids.reshape(batch, k, depth)
-    keep, usable = _keep_per_interest(ids, seen, per_interest)
-    # an approximate index can return fewer usable items than asked for: search those rows deeper
-    while depth < index.size:
-        short = np.flatnonzero(((usable < per_interest) & (ids[:, :, -1] >= FIRST_ITEM)).any(axis=1))
-        if len(short) == 0:
+    seen_rows = np.asarray(seen[0], dtype=np.int64) if seen is not None else np.zeros(0, np.int64)
+    seen_items = np.asarray(seen[1], dtype=np.int64) if seen is not None else np.zeros(0, np.int64)
+    seen_count = np.bincount(seen_rows, minlength=batch)
+    ids = np.zeros((batch, k, per_interest), dtype=np.int64)             # each interest's best usable items
+    scores = np.full((batch, k, per_interest), -np.inf, dtype=np.float32)
+    pending = np.arange(batch)
+    # most users lose few items to the seen filter: search a little deeper than per_interest,
+    # then again, deep enough, only for the lists that came up short
+    depth = min(index.size, per_interest + min(int(seen_count.max(initial=0)), per_interest))
+    while len(pending):
+        found_scores, found_ids = index.search(interests[pending].reshape(-1, dim), depth)
+        found_scores, found_ids = found_scores.reshape(-1, k, depth), found_ids.reshape(-1, k, depth)
+        local = np.full(batch, -1, dtype=np.int64)
+        local[pending] = np.arange(len(pending))
+        mine = local[seen_rows] >= 0
+        keep, usable = _keep_per_interest(found_ids, (local[seen_rows[mine]], seen_items[mine]), per_interest)
+        first = np.argsort(~keep, axis=-1, kind="stable")[..., :per_interest]   # kept entries, best first
+        taken = np.take_along_axis(keep, first, axis=-1)
+        ids[pending] = np.where(taken, np.take_along_axis(found_ids, first, axis=-1), 0)
+        scores[pending] = np.where(taken, np.take_along_axis(found_scores, first, axis=-1), -np.inf)
+        if depth >= index.size:
             break
-        depth = min(index.size, depth * 2)
-        more_scores, more_ids = index.search(interests[short].reshape(-1, dim), depth)
-        width = ids.shape[2]
-        ids = np.pad(ids, ((0, 0), (0, 0), (0, depth - width)))
-        scores = np.pad(scores, ((0, 0), (0, 0), (0, depth - width)), constant_values=-np.inf)
-        ids[short] = more_ids.reshape(len(short), k, depth)
-        scores[short] = more_scores.reshape(len(short), k, depth)
-        keep, usable = _keep_per_interest(ids, seen, per_interest)
-    return merge_interest_lists(ids, scores, keep, top_n, diversity, item_category)
+        # a list is short when it lost items to the filter (or an approximate index returned
+        # fewer) while the index still had more to give (its last slot was filled)
+        short = ((usable < per_interest) & (found_ids[:, :, -1] >= FIRST_ITEM)).any(axis=1)
+        pending = pending[short]
+        if len(pending):
+            depth = min(index.size, max(2 * depth, per_interest + int(seen_count[pending].max())))
+    return merge_interest_lists(ids, scores, ids >= FIRST_ITEM, top_n, diversity, item_category)
