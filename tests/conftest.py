@@ -21,6 +21,13 @@ def _cuda_available() -> bool:
 if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on a 2-core machine: two workers each running torch's default intra-op
+    # pool oversubscribe the cores, and small forward/backward passes then run many times
+    # slower; one thread per worker uses the machine fully
+    import torch
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
