@@ -215,3 +215,40 @@ def test_index_and_retrieve_commands(trained, tmp_path, capsys):
     config.write_text("kind: flat\nnprobe: 3\n")
     assert cli_main(["index", str(run), "--config", str(config)]) == 2
     assert "does not apply to a 'flat' index" in capsys.readouterr().err
+
+
+def test_multi_interest_model_exact_search_equals_full_ranking_and_retrieves_diverse_lists(trained, tmp_path):
+    """ComiRec-SA (K = 4 interests) trained through fit: exact FAISS search = the evaluator's
+    full ranking on the test split; retrieve with λ > 0 spreads the lists over more categories."""
+    _, dataset = trained
+    raw = {"name": "sa", "output_dir": str(tmp_path / "sa"), "seed": 0,
+           "data": {"path": str(dataset.path), "batch_size": 256, "eval_batch_size": 512},
+           "model": {"class_path": "ComiRecSA", "init_args": {"embedding_dim": 16, "num_interests": 4}},
+           "optimizer": {"lr": 0.01}, "retrieval": {"num_negatives": 100},
+           "trainer": {"max_epochs": 1, "limit_train_batches": 4, "enable_progress_bar": False}}
+    run = fit(parse_config(raw), progress=False)
+    _, model = load_run(run)
+    index = load_run_index(build_run_index(run).parent.parent, "flat")
+    truth = SplitTruth(dataset, "test")
+    batch = next(iter(SampleLoader(dataset, "test", 200, max_length=20)))
+    with torch.no_grad():
+        interests = model.user_interests(batch).interests
+    assert interests.shape[1] == 4
+    sample = batch.sample_index.numpy()
+    rows, seen = truth.seen(sample, truth.truth(sample))
+    items = item_matrix(model, model.features.num_items, 4096, torch.device("cpu"))
+    expected = rank_top_k(interests, items, 50, (torch.from_numpy(rows), torch.from_numpy(seen))).numpy()
+    assert np.array_equal(multi_interest_search(index, interests.numpy(), 50, seen=(rows, seen)).items, expected)
+
+    path = _users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:40])
+    category = dataset.item_category
+    item_vocab = dataset.vocabulary("item")
+    spread = {}
+    for coef in (0.0, 1.0):
+        out = tmp_path / f"c{coef}.parquet"
+        retrieve(run, path, out, RetrieveOptions(top_n=20, diversity=coef), progress=False)
+        table = pq.read_table(str(out))
+        ids = item_vocab.encode(table.column("item").combine_chunks())
+        users = table.column("user").to_numpy()
+        spread[coef] = np.mean([len(set(category[ids[users == u]])) for u in np.unique(users)])
+    assert spread[1.0] > spread[0.0], spread
