@@ -57,7 +57,7 @@ from recsys.models.base import RetrievalModel
 
 from .config import OptimizerSection, RetrievalSection
 from .full_ranking import NOT_RANKED, FullRankingEvaluator
-from .task import check_finite_metric, configure_optimizers
+from .task import check_finite_loss, check_finite_metric, configure_optimizers
 
 
 class ItemProposal:
@@ -228,13 +228,8 @@ class RetrievalTask(L.LightningModule):
         reg = self.model.regularization(batch)
         loss = loss + reg
         name = "bce" if self.retrieval.loss == "bce" else "sampled_softmax"
-        if not torch.isfinite(loss):
-            sample_rows = batch.sample_index[:5].tolist() if batch.sample_index is not None else "n/a"
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}; {name}={objective.item()}, regularization={reg.item()}); first sample "
-                f"rows of the batch: {sample_rows}. Lower the learning rate or enable gradient clipping "
-                "(trainer.gradient_clip_val).")
+        check_finite_loss(loss, self, batch, batch_idx, {name: objective, "regularization": reg,
+                                                          "aux": output.aux_losses})
         self.samples_seen += batch.size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
         self.log(f"train/{name}", objective.detach(), batch_size=batch.size)

@@ -52,13 +52,8 @@ class RankingTask(L.LightningModule):
             self.log(f"train/aux_{name}", value.detach(), batch_size=batch.size)
         reg = self.model.regularization(batch)
         loss = loss + reg
-        if not torch.isfinite(loss):
-            rows = batch.sample_index[:5].tolist() if batch.sample_index is not None else "n/a"
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}; bce={bce.item()}, regularization={reg.item()}, aux="
-                f"{ {k: v.item() for k, v in output.aux_losses.items()} }); first sample rows of the batch: {rows}. "
-                "Lower the learning rate or enable gradient clipping (trainer.gradient_clip_val).")
+        check_finite_loss(loss, self, batch, batch_idx, {"bce": bce, "regularization": reg,
+                                                          "aux": output.aux_losses})
         self.samples_seen += batch.size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
         self.log("train/bce", bce.detach(), batch_size=batch.size)
@@ -97,6 +92,22 @@ class RankingTask(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.optimizer_config, self.monitor)
+
+
+def check_finite_loss(loss: torch.Tensor, module: L.LightningModule, batch: Batch, batch_idx: int,
+                      parts: Dict[str, object]) -> None:
+    """A NaN or infinite training loss stops training, naming the step, the batch, the loss
+    terms (``parts``: name -> scalar tensor or dict of them) and the batch's first sample rows."""
+    if torch.isfinite(loss):
+        return
+    def value(v):
+        return {k: x.item() for k, x in v.items()} if isinstance(v, dict) else v.item()
+    terms = ", ".join(f"{name}={value(v)}" for name, v in parts.items())
+    rows = batch.sample_index[:5].tolist() if batch.sample_index is not None else "n/a"
+    raise NonFiniteLossError(
+        f"training loss is {loss.item()} at global step {module.global_step} (epoch {module.current_epoch}, "
+        f"batch {batch_idx}; {terms}); first sample rows of the batch: {rows}. "
+        "Lower the learning rate or enable gradient clipping (trainer.gradient_clip_val).")
 
 
 def check_finite_metric(name: str, value: float, module: L.LightningModule, why: str) -> None:
