@@ -346,6 +346,9 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     finally:
         if io is not None:
             io.close()
+        # the in-process cache of this build's vocabularies and sampler must not outlive it
+        # (a later build in the same process, e.g. quickstart's, starts clean)
+        _PARTITION_STATE.clear()
     bar.close()
     split_columns.close()
     flat_writer.close()
@@ -473,7 +476,9 @@ class FlatWriter:
 
 
 # ---------------------------------------------------------------- pass 2, one partition
-_PARTITION_STATE: dict = {}   # per process: the build's vocabularies, item categories, sampler
+# per worker process: the running build's vocabularies, item categories and sampler, loaded
+# once per process instead of once per partition; emptied when the build ends
+_PARTITION_STATE: dict = {}
 
 
 def _partition_state(tmp: Path, config: DataConfig) -> dict:

@@ -249,3 +249,12 @@ def test_background_writer_keeps_order_and_raises_a_failed_write():
     io.submit(fail)
     with pytest.raises(OSError, match="disk full"):
         io.close()
+
+
+def test_the_partition_cache_does_not_outlive_an_in_process_build(tmp_path):
+    from recsys.data_pipelines import build as build_module
+    from recsys.data_pipelines.config import DataConfig, SyntheticSource, SourceConfig
+    config = DataConfig(output=str(tmp_path / "ds"), partitions=2,
+                        source=SourceConfig(synthetic=SyntheticSource(n_rows=3000, n_items=200, n_categories=10)))
+    build_module.build_dataset(config, progress=False)
+    assert build_module._PARTITION_STATE == {}
