@@ -4,7 +4,7 @@ Lai et al., "Diffusion-driven Multi-Interest Network for CTR prediction" (DiffuM
 RecSys 2025 (arXiv:2508.15311). Official TF1 code: github.com/laiweijiang/DiffuMIN
 (``handle_layer/handle_lib/handle_rec_unit.py``: ``Eleme_DiffuMIN``, ``Mix5k_DiffuMIN``,
 ``Diffusion_Net``; defaults from ``exp/user1/*/task_conf.json``). Written from the paper's
-method and the code's facts and numbers; design notes: /work/shared/design/models-a.md §3.
+method and the code's facts and numbers; design notes: ../shared/design/models-a.md §3.
 
 What it computes (B batch, L history, D behaviour width, C channels):
     e_s = e(target) [B, D], H = e(history) [B, L, D] (the shared BehaviorEmbedding)
