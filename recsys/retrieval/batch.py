@@ -33,7 +33,6 @@ candidates.parquet``) streams the users file in chunks of ``chunk_users`` rows:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ from recsys.contract import Batch
 from recsys.data_pipelines.loader import gather_histories
 from recsys.errors import CheckpointError, ConfigError, DataError
 
-from .index import FIRST_ITEM, IndexConfig, build_run_index, index_path, load_run_index
+from .index import FIRST_ITEM, IndexConfig, build_run_index, file_sha256, index_path, load_run_index
 from .search import Candidates, check_finite_interests, multi_interest_search
 
 COUNT_KEYS = ("users", "retrieved", "unknown_users", "no_history", "short_users", "history_rows",
@@ -107,14 +106,6 @@ class UserHistories:
             raise DataError(f"{source}: column 'user' ({raw.type}) cannot be read as the vocabulary's raw user ids "
                             f"({self.users.raw.type}): {exc}") from None
         return self.users.encode(raw)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _open_users(path: Path) -> pq.ParquetFile:
@@ -257,7 +248,7 @@ def _chunk_rows(ctx: UserHistories, model, index, options: RetrieveOptions, chun
 def _job_key(run_dir: Path, users: Path, index_stamp: dict, options: RetrieveOptions) -> dict:
     return {"run": str(run_dir.resolve()), "model_sha256": index_stamp["model_sha256"],
             "index_sha256": index_stamp["index_sha256"], "users": str(users.resolve()),
-            "users_sha256": _file_sha256(users), "options": asdict(options)}
+            "users_sha256": file_sha256(users), "options": asdict(options)}
 
 
 def _prepare_parts(parts: Path, key: dict) -> "tuple[bool, Path]":

@@ -120,7 +120,8 @@ class IndexConfig:
         return {k: getattr(self, k) for k in KIND_KEYS[self.kind]}
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 4 MB blocks (index stamps, retrieve job keys)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -280,7 +281,7 @@ def save_index(index: ItemIndex, path: Union[str, Path]) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         faiss.write_index(index.index, str(tmp))
-        stamp = dict(index.stamp, index_sha256=_sha256_file(tmp))
+        stamp = dict(index.stamp, index_sha256=file_sha256(tmp))
         stamp_tmp = path.with_name(f".{path.stem}.json.{os.getpid()}.tmp")
         stamp_tmp.write_text(json.dumps(stamp, indent=2))
         os.replace(tmp, path)
@@ -314,7 +315,7 @@ def load_index(path: Union[str, Path], expect: Optional[dict] = None) -> ItemInd
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; build it with `recsys index RUN`")
     stamp = read_stamp(path)
-    actual = _sha256_file(path)
+    actual = file_sha256(path)
     if actual != stamp["index_sha256"]:
         raise CheckpointError(f"{path}: the index file does not match its stamp {path.with_suffix('.json').name} "
                               f"(sha256 {actual[:12]} vs {str(stamp['index_sha256'])[:12]}): it was modified, "
@@ -354,7 +355,7 @@ def run_identity(run_dir: Union[str, Path]) -> dict:
     weights = run_dir / "model.safetensors"
     if not weights.exists():
         raise CheckpointError(f"{run_dir} is not a finished run: model.safetensors is missing")
-    identity = {"model_sha256": _sha256_file(weights)}
+    identity = {"model_sha256": file_sha256(weights)}
     fingerprint = run_dir / "data_fingerprint.json"
     vocabulary = None
     if fingerprint.exists():
