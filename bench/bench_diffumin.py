@@ -25,6 +25,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from bench_models import make_batch as random_batch   # bench/ is the script's folder
 from recsys.contract import Batch
 from recsys.models.base import FeatureSpec
 from recsys.models.diffumin import DiffuMIN
@@ -34,16 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_batch(features: FeatureSpec, batch: int, length: int, seed: int = 0) -> Batch:
-    """Random ids, lengths uniform in [L/2, L] (long histories are mostly full)."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(max(1, length // 2), length + 1, (batch,), generator=g)
-    mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
-    items = torch.randint(2, features.num_items, (batch, length), generator=g) * mask
-    return Batch(user=torch.randint(2, features.num_users, (batch,), generator=g),
-                 target_item=torch.randint(2, features.num_items, (batch,), generator=g),
-                 target_category=torch.randint(2, features.num_categories, (batch,), generator=g),
-                 label=torch.randint(0, 2, (batch,), generator=g).float(), lengths=lengths,
-                 hist_item=items, hist_category=(items % (features.num_categories - 2) + 2) * mask)
+    """bench_models' random batch with lengths uniform in [L/2, L] (long histories are mostly full)."""
+    return random_batch(features, batch, length, seed, min_length=max(1, length // 2))
 
 
 class DenoiserClock:

@@ -30,9 +30,10 @@ from recsys.models.finalmlp import FinalMLP
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_batch(features: FeatureSpec, batch: int, length: int, seed: int = 0) -> Batch:
+def make_batch(features: FeatureSpec, batch: int, length: int, seed: int = 0, min_length: int = 1) -> Batch:
+    """Random ids; history lengths uniform in [min_length, L]."""
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, length + 1, (batch,), generator=g)
+    lengths = torch.randint(min_length, length + 1, (batch,), generator=g)
     mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
     items = torch.randint(2, features.num_items, (batch, length), generator=g) * mask
     return Batch(user=torch.randint(2, features.num_users, (batch,), generator=g),

@@ -63,6 +63,17 @@ class ContractError(ValueError):
     """A field spec, feature spec or batch does not follow the contract; names the field."""
 
 
+def _construct(cls, data: Mapping, known: set, where: str):
+    """``cls(**data)`` with unknown keys and missing/wrong arguments as ContractErrors naming ``where``."""
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ContractError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    try:
+        return cls(**dict(data))
+    except TypeError as exc:
+        raise ContractError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One declared feature (see the module docstring for kinds and owners).
@@ -128,14 +139,7 @@ class FieldSpec:
     def from_dict(cls, data: Mapping, where: str = "field") -> "FieldSpec":
         if not isinstance(data, Mapping):
             raise ContractError(f"{where}: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclass_fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ContractError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**dict(data))
-        except TypeError as exc:
-            raise ContractError(f"{where}: {exc}") from None
+        return _construct(cls, data, {f.name for f in dataclass_fields(cls)}, where)
 
 
 def core_fields(num_users: int, num_items: int, num_categories: int, num_behaviors: int = 8) -> Tuple[FieldSpec, ...]:
@@ -262,13 +266,7 @@ class FeatureSpec:
             raise ContractError(f"{where}: expected a mapping, got {type(data).__name__}")
         if "fields" not in data:   # model.json of runs made before the field contract
             legacy = {"num_users", "num_items", "num_categories", "num_behaviors", "max_length"}
-            unknown = sorted(set(data) - legacy)
-            if unknown:
-                raise ContractError(f"{where}: unknown key(s) {unknown}")
-            try:
-                return cls(**dict(data))
-            except TypeError as exc:
-                raise ContractError(f"{where}: {exc}") from None
+            return _construct(cls, data, legacy, where)
         if not isinstance(data["fields"], Sequence):
             raise ContractError(f"{where}.fields: expected a list")
         fields = [FieldSpec.from_dict(f, f"{where}.fields[{i}]") for i, f in enumerate(data["fields"])]

@@ -57,7 +57,7 @@ from recsys.models.base import RetrievalModel
 
 from .config import OptimizerSection, RetrievalSection
 from .full_ranking import NOT_RANKED, FullRankingEvaluator
-from .task import check_finite_loss, check_finite_metric, configure_optimizers
+from .task import check_finite_metric, configure_optimizers, total_loss
 
 
 class ItemProposal:
@@ -221,15 +221,8 @@ class RetrievalTask(L.LightningModule):
         else:
             weights = output.sample_weights.detach().to(losses.dtype)[rows]
             objective = (weights * losses).sum() / weights.sum().clamp_min(torch.finfo(losses.dtype).tiny)
-        loss = objective
-        for name, value in output.aux_losses.items():
-            loss = loss + self.aux_loss_weights.get(name, 1.0) * value
-            self.log(f"train/aux_{name}", value.detach(), batch_size=batch.size)
-        reg = self.model.regularization(batch)
-        loss = loss + reg
         name = "bce" if self.retrieval.loss == "bce" else "sampled_softmax"
-        check_finite_loss(loss, self, batch, batch_idx, {name: objective, "regularization": reg,
-                                                          "aux": output.aux_losses})
+        loss = total_loss(self, name, objective, output.aux_losses, batch, batch_idx)
         self.samples_seen += batch.size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
         self.log(f"train/{name}", objective.detach(), batch_size=batch.size)

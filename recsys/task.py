@@ -46,14 +46,7 @@ class RankingTask(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         output = self.model(batch)
         bce = F.binary_cross_entropy_with_logits(output.logit, batch.label)
-        loss = bce
-        for name, value in output.aux_losses.items():
-            loss = loss + self.aux_loss_weights.get(name, 1.0) * value
-            self.log(f"train/aux_{name}", value.detach(), batch_size=batch.size)
-        reg = self.model.regularization(batch)
-        loss = loss + reg
-        check_finite_loss(loss, self, batch, batch_idx, {"bce": bce, "regularization": reg,
-                                                          "aux": output.aux_losses})
+        loss = total_loss(self, "bce", bce, output.aux_losses, batch, batch_idx)
         self.samples_seen += batch.size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
         self.log("train/bce", bce.detach(), batch_size=batch.size)
@@ -92,6 +85,22 @@ class RankingTask(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.optimizer_config, self.monitor)
+
+
+def total_loss(task, objective_name: str, objective: torch.Tensor, aux_losses: Dict[str, torch.Tensor],
+               batch: Batch, batch_idx: int) -> torch.Tensor:
+    """``objective + Σ w_name · aux_name + model.regularization(batch)`` (w from the task's
+    ``aux_loss_weights``, 1.0 when not configured), logging each auxiliary term; a NaN or
+    infinite total stops training (:func:`check_finite_loss`). Both tasks use it."""
+    loss = objective
+    for name, value in aux_losses.items():
+        loss = loss + task.aux_loss_weights.get(name, 1.0) * value
+        task.log(f"train/aux_{name}", value.detach(), batch_size=batch.size)
+    reg = task.model.regularization(batch)
+    loss = loss + reg
+    check_finite_loss(loss, task, batch, batch_idx, {objective_name: objective, "regularization": reg,
+                                                      "aux": aux_losses})
+    return loss
 
 
 def check_finite_loss(loss: torch.Tensor, module: L.LightningModule, batch: Batch, batch_idx: int,
