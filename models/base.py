@@ -62,6 +62,39 @@ class RankingModel(_ItemSideFields, nn.Module):
         """Extra penalty added to the loss (embedding L2, weight L2); zero by default."""
         return torch.zeros((), device=next(self.parameters()).device)
 
+    def score_candidates(self, batch: Batch, candidates: Mapping[str, Tensor], max_rows: int = 16384) -> Tensor:
+        """Logits of M candidates for each of B users: ``[B, M]``.
+
+        ``batch``: B users in the padded form (history, profile, context; its ``target`` and
+        ``label`` are ignored). ``candidates``: the target fields per user,
+        ``{"item": [B, M], "category": [B, M], ...}`` (every key of ``batch.target``).
+        Candidate ``(b, m)`` gets exactly the logit ``forward`` gives the row
+        ``(user b, target = candidates[:, b, m])``: the default repeats each user row M
+        times and runs ``forward`` on at most ``max_rows`` rows at a time (bounded memory).
+        Models whose user side does not depend on the target (two-tower scores: HCN)
+        override this to compute it once per user. The caller chooses train/eval mode and
+        grad mode (the cascade and the scorer use eval mode under ``inference_mode``).
+        """
+        items = candidates["item"]
+        if items.dim() != 2 or items.shape[0] != batch.size:
+            raise ValueError(f"candidates['item'] must be [B={batch.size}, M], got {tuple(items.shape)}")
+        missing = sorted(set(batch.target) - set(candidates))
+        if missing:
+            raise ValueError(f"candidates lack the target fields {missing}")
+        users, per_user = items.shape
+        if users == 0 or per_user == 0:
+            return items.new_zeros(items.shape, dtype=torch.float32)
+        step = max(1, max_rows // per_user)
+        out = []
+        for start in range(0, users, step):
+            stop = min(users, start + step)
+            rows = torch.arange(start, stop, device=items.device).repeat_interleave(per_user)
+            part = batch.take(rows)
+            part = part.replace(target={name: candidates[name][start:stop].reshape(-1) for name in batch.target},
+                                label=part.label.new_zeros(rows.numel()), sample_index=None)
+            out.append(self(part).logit.reshape(stop - start, per_user))
+        return torch.cat(out)
+
 
 @dataclass
 class RetrievalOutput:

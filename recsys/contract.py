@@ -315,6 +315,15 @@ class Jagged:
         out[mask] = self.values[(self.offsets[:-1].unsqueeze(1) + positions.unsqueeze(0))[mask]]
         return out
 
+    def take(self, rows: Tensor) -> "Jagged":
+        """The rows ``rows`` [R] int64 (any order, repeats allowed) as a new Jagged of R rows."""
+        lengths = self.lengths[rows]
+        offsets = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=self.offsets.device)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        # value j of new row r sits at old position offsets_old[rows[r]] + j
+        starts = torch.repeat_interleave(self.offsets[:-1][rows] - offsets[:-1], lengths)
+        return Jagged(self.values[starts + torch.arange(int(offsets[-1]), device=self.values.device)], offsets)
+
     def to(self, device, non_blocking: bool = False) -> "Jagged":
         return Jagged(self.values.to(device, non_blocking=non_blocking),
                       self.offsets.to(device, non_blocking=non_blocking))
@@ -461,6 +470,13 @@ class Batch:
                 return Jagged(v.values[lo:hi], v.offsets[start:stop + 1] - lo)
             return v[start:stop]
         return self._apply(cut)
+
+    def take(self, rows: Tensor) -> "Batch":
+        """The rows ``rows`` [R] int64 (any order, repeats allowed: one user's row once per
+        candidate) as a new padded batch of R rows."""
+        if self.is_jagged:
+            raise ContractError("take() needs the padded form; call to_padded() first")
+        return self._apply(lambda v: v.take(rows) if isinstance(v, Jagged) else v[rows])
 
     def history_mask(self) -> Tensor:
         """[B, L] bool, True on valid behaviours (padded form only)."""

@@ -141,6 +141,23 @@ def test_slice_replace_and_to_keep_every_field():
         batch.replace(colour=1)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=6), st.data())
+def test_take_gathers_rows_jagged_fields_included(lengths, data):
+    batch = padded_batch(lengths)
+    rows = data.draw(st.lists(st.integers(0, len(lengths) - 1), max_size=10))
+    taken = batch.take(torch.tensor(rows, dtype=torch.int64))
+    assert taken.size == len(rows)
+    tags = batch.profile["tags"]
+    expected = [tags.values[int(tags.offsets[r]):int(tags.offsets[r + 1])].tolist() for r in rows]
+    got = taken.profile["tags"]
+    assert [got.values[int(got.offsets[i]):int(got.offsets[i + 1])].tolist() for i in range(len(rows))] == expected
+    for name in batch.history:
+        assert torch.equal(taken.history[name], batch.history[name][rows])
+    assert torch.equal(taken.context["hour"], batch.context["hour"][rows])
+    assert torch.equal(taken.lengths, batch.lengths[rows])
+
+
 def test_the_contract_imports_only_torch():
     code = ("import sys, recsys.contract, recsys.errors\n"
             "heavy = [m for m in ('pyarrow', 'lightning', 'pandas', 'numpy.lib.recfunctions', 'recsys.models', "

@@ -357,3 +357,21 @@ def test_padding_values_and_the_jagged_form_do_not_change_outputs_with_side_fiel
     torch.testing.assert_close(model(with_garbage_padding(batch, item=11, category=4)).logit, reference)
     torch.testing.assert_close(model(batch.to_jagged()).logit, reference, atol=1e-6, rtol=1e-5)
     assert not math.isnan(float(reference.detach().sum()))
+
+
+# ----------------------------------------------------------------- scoring M candidates per user
+@pytest.mark.parametrize("max_rows", [1, 7, 10_000])
+def test_score_candidates_equals_forward_on_each_user_candidate_row(max_rows):
+    model = attached(din()).eval()
+    batch = side_batch(SPEC)
+    g = torch.Generator().manual_seed(3)
+    candidates = {"item": torch.randint(2, SPEC.num_items, (batch.size, 5), generator=g),
+                  "category": torch.randint(2, SPEC.num_categories, (batch.size, 5), generator=g)}
+    with torch.no_grad():
+        scores = model.score_candidates(batch, candidates, max_rows=max_rows)
+        for m in range(5):
+            one = batch.replace(target={"item": candidates["item"][:, m], "category": candidates["category"][:, m]})
+            torch.testing.assert_close(scores[:, m], model(one).logit)
+        assert model.score_candidates(batch, {k: v[:, :0] for k, v in candidates.items()}).shape == (batch.size, 0)
+    with pytest.raises(ValueError, match="target fields"):
+        model.score_candidates(batch, {"item": candidates["item"]})
