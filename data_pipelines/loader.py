@@ -26,7 +26,7 @@ no rank waits on another that ran out of data. A single process always sees ever
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,8 +34,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from recsys.contract import CORE_FIELDS, Batch, Jagged
 from recsys.errors import ConfigError
-from .dataset import BuiltDataset
-from .side_tables import context_ids
+
+if TYPE_CHECKING:   # imported where used: serving imports history_batch without the build modules
+    from .dataset import BuiltDataset
 
 DEFAULT_SHUFFLE_BLOCK = 1 << 16          # samples per block when the split is too large for one
 FULL_SHUFFLE_MAX_SAMPLES = 1 << 24       # up to this many samples, a uniform permutation (128 MB)
@@ -57,6 +58,39 @@ def gather_histories(offsets: np.ndarray, rows: np.ndarray, cuts: np.ndarray, ma
     np.minimum(positions, max(int(offsets[-1]) - 1, 0), out=positions)
     valid = steps < lengths[:, None]
     return positions, lengths, valid
+
+
+def history_batch(flat: Mapping[str, np.ndarray], offsets: np.ndarray, rows: np.ndarray, cuts: np.ndarray,
+                  max_length: int, form: str = "padded"
+                  ) -> "Tuple[Dict[str, torch.Tensor], torch.Tensor, Optional[torch.Tensor]]":
+    """The history fields of B samples as tensors: the one "id lists → Batch" step that the
+    training loader and serving share (``recsys.serving`` builds ``flat``/``offsets`` from a
+    request's lists, with ``rows = arange(B)`` and ``cuts`` = the list lengths).
+
+    ``flat``: {field: concatenated per-behaviour values [N]}; row r is
+    ``values[offsets[r]:offsets[r + 1]]``, oldest first. Sample b's history is the last
+    ``max_length`` values of row ``rows[b]`` before position ``cuts[b]`` (longer rows are
+    truncated to their most recent L).
+
+    Returns (history {field: [B, L] int64 right-padded with 0 (padded) or [N'] (jagged)},
+    lengths [B] int64, offsets [B + 1] int64 (jagged) or None)."""
+    positions, lengths, valid = gather_histories(offsets, rows, cuts, max_length)
+    jagged_positions = positions[valid] if form == "jagged" else None
+    hist = {}
+    for name, values in flat.items():
+        values = np.asarray(values)
+        if not len(values):                 # every row empty: nothing to gather, all padding
+            values = np.zeros(1, values.dtype)
+        if form == "padded":
+            gathered = values[positions]
+            gathered *= valid               # zero the padding slots, in place
+        else:
+            gathered = values[jagged_positions]
+        hist[name] = torch.from_numpy(gathered).long()
+    batch_offsets = None
+    if form == "jagged":
+        batch_offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    return hist, torch.from_numpy(lengths), batch_offsets
 
 
 class SampleLoader(IterableDataset):
@@ -101,6 +135,7 @@ class SampleLoader(IterableDataset):
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if shuffle_block is not None and shuffle_block < 1:
             raise ValueError(f"shuffle_block must be >= 1, got {shuffle_block}")
+        from .dataset import BuiltDataset
         self.dataset = BuiltDataset.open(dataset)
         self.split = split
         self.batch_size = batch_size
@@ -232,30 +267,15 @@ class SampleLoader(IterableDataset):
         """The Batch of the given sample indices (within this split)."""
         flat = self._flat_arrays()
         cols = {name: values[index] for name, values in self._columns.items()}
-        positions, lengths, valid = gather_histories(flat["offsets"], cols["row"], cols["cut"].astype(np.int64),
-                                                     self.max_length)
-        hist = {}
-        jagged_positions = positions[valid] if self.form == "jagged" else None
-        for name in flat:
-            if name == "offsets":
-                continue
-            values = np.asarray(flat[name])
-            if self.form == "padded":
-                gathered = values[positions]
-                gathered *= valid            # zero the padding slots, in place
-            else:
-                gathered = values[jagged_positions]
-            hist[name] = torch.from_numpy(gathered).long()
-        offsets = None
-        if self.form == "jagged":
-            offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        hist, lengths, offsets = history_batch({n: v for n, v in flat.items() if n != "offsets"}, flat["offsets"],
+                                               cols["row"], cols["cut"].astype(np.int64), self.max_length, self.form)
         profile, context = self._side_fields(cols, flat["offsets"]) if self.fields else ({}, {})
         return Batch(
             user=torch.from_numpy(cols["user"].astype(np.int64)),
             target_item=torch.from_numpy(cols["target_item"].astype(np.int64)),
             target_category=torch.from_numpy(cols["target_category"].astype(np.int64)),
             label=torch.from_numpy(cols["label"].astype(np.float32)),
-            lengths=torch.from_numpy(lengths),
+            lengths=lengths,
             hist_item=hist["item"],
             hist_category=hist["category"],
             hist_behavior=hist["behavior"],
@@ -269,6 +289,7 @@ class SampleLoader(IterableDataset):
     def _side_fields(self, cols: dict, offsets: np.ndarray) -> "tuple[dict, dict]":
         """(profile, context) of one batch: B-row gathers from the side tables and from the
         target steps' events."""
+        from .side_tables import context_ids
         side = self._side_arrays()
         profile, context = {}, {}
         users = cols["user"]
