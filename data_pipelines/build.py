@@ -48,7 +48,7 @@ from .samples import SPLITS, NegativeSampler, build_samples
 from .schema import BEHAVIORS, NUM_BEHAVIORS, check_events
 from .side_tables import (ContextCounter, SideTableWriter, check_side_fields, context_field_dicts, core_field_dicts,
                           vocabulary_fingerprint)
-from .output_dir import (describe_input_change, input_fingerprint, recover_interrupted, swap_into_place,
+from .output_dir import (describe_input_change, input_fingerprint, recover_interrupted, same_inputs, swap_into_place,
                          temporary_dir, terminate_as_interrupt)
 from .timelines import build_timelines
 from .vocab import UNKNOWN_ID, VocabCounter, Vocabulary, stable_hash
@@ -143,7 +143,7 @@ def ensure_dataset(config: DataConfig, overwrite: bool = False, progress: bool =
     needs the ``if __name__ == "__main__":`` guard (the workers are forkserver children).
 
     An existing complete output is reused only when it was built from the same config and
-    the same inputs (size, mtime and content hash of every input file); a different config
+    the same inputs (size and content hash of every input file; :func:`same_inputs`); a different config
     or changed inputs is an error unless ``overwrite``. The build writes into a temporary
     directory that replaces the output atomically when complete, so the output is always
     either the old complete build or the new one; the temporary directory is removed on
@@ -160,7 +160,7 @@ def ensure_dataset(config: DataConfig, overwrite: bool = False, progress: bool =
             raise FileExistsError(f"{out} holds a dataset built from a different config; "
                                   "pass overwrite=True (--overwrite) to replace it")
         # a build from before inputs were recorded: only a source without files is known current
-        if existing.get("inputs", None if inputs else []) != inputs:
+        if not same_inputs(existing.get("inputs", None if inputs else []), inputs):
             raise FileExistsError(f"{out} was built from other input files than the config's now: "
                                   f"{describe_input_change(existing.get('inputs'), inputs)}; pass overwrite=True "
                                   "(--overwrite) to rebuild it")

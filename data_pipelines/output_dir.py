@@ -64,6 +64,16 @@ def input_fingerprint(paths: Iterable[str]) -> List[dict]:
     return out
 
 
+def same_inputs(old: Optional[List[dict]], new: List[dict]) -> bool:
+    """Whether a recorded input fingerprint still describes the inputs. A file whose whole
+    content hash (and size) is unchanged is the same input even when its mtime moved (a copy,
+    a fresh checkout, a re-provisioned data folder); a file hashed by its first and last MB
+    only keeps the mtime in the comparison, since its middle could have changed."""
+    def key(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k != "mtime_ns"} if "sha256" in d else d
+    return old is not None and len(old) == len(new) and all(key(a) == key(b) for a, b in zip(old, new))
+
+
 def describe_input_change(old: List[dict], new: List[dict]) -> str:
     before = {d["path"]: d for d in old or []}
     after = {d["path"]: d for d in new}

@@ -43,6 +43,9 @@ def test_reuse_is_keyed_on_the_inputs_and_says_built_or_reused(tmp_path):
     assert ensure_dataset(cfg, progress=False) == (out, "reused")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"][0]["path"] == str(raw) and manifest["inputs"][0]["size"] == raw.stat().st_size
+    # a moved mtime alone (a copy, a re-provisioned data folder) is the same content: reused
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))
+    assert ensure_dataset(cfg, progress=False) == (out, "reused")
     # same config, changed input file (same size even): never reused silently
     text = raw.read_text()
     raw.write_text(text.replace("1,8,2,pv,1000", "1,9,2,pv,1000", 1))
