@@ -1,15 +1,17 @@
-"""DiffuMIN beside DIN on CPU: training samples/s, inference ms per 1 000 candidates, and the
-share of DiffuMIN's training step spent in its C·(1 + T′) denoiser passes, at L = 50 and 1 000.
+"""DiffuMIN and QIN beside DIN on CPU: training samples/s, inference ms per 1 000 candidates, and
+the share of DiffuMIN's training step spent in its C·(1 + T′) denoiser passes, at L = 50 and 1 000.
 
 A training step = forward + BCE + the auxiliary losses + backward + Adam step on random ids
 (timings do not depend on the values). Inference = eval-mode forward under no_grad of 1 000
-candidate rows (each with its own history of length L), scored in chunks. Both models at their
+candidate rows (each with its own history of length L), scored in chunks. Every model at its
 paper defaults (DIN 64 + 64, [36] PReLU, MLP 200-80; DiffuMIN 8 + 8, C = 4, T′ = 10, DNN
-1024-512-256 Dice). The denoiser share is measured twice: the wall time inside the denoiser's
+1024-512-256 Dice; QIN the official QIN_variety_v9 sizes: embedding 128, 4 QNN layers × 4 rows,
+BN, dropout 0.1). The denoiser share is measured twice: the wall time inside the denoiser's
 forward calls (hooks) over the step, and 1 − step(use_dmig=False) / step (forward + backward of
-DMIG and CMIC together). Writes bench/results/diffumin_cpu.json.
+DMIG and CMIC together). Writes bench/results/diffumin_cpu.json; ``--update-docs`` rewrites
+the ``diffumin-qin-speed`` section of docs/benchmarks.md.
 
-    python bench/bench_diffumin.py [--threads 1] [--batch 64] [--steps 5]
+    python bench/bench_diffumin.py [--threads 1] [--batch 64] [--steps 5] [--update-docs]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from recsys.contract import Batch
 from recsys.models.base import FeatureSpec
 from recsys.models.diffumin import DiffuMIN
 from recsys.models.din import DIN
+from recsys.models.qin import QIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="training batch")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 1000])
+    parser.add_argument("--update-docs", action="store_true", help="rewrite the section of docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     features = FeatureSpec(num_users=10_000, num_items=100_000, num_categories=1_000, max_length=max(args.lengths))
@@ -116,6 +120,8 @@ def main() -> None:
         "DIN (paper defaults)": lambda: DIN(features, attention_backend="torch"),
         "DiffuMIN (paper defaults)": lambda: DiffuMIN(features),
         "DiffuMIN use_dmig=False": lambda: DiffuMIN(features, use_dmig=False),
+        "QIN (official sizes)": lambda: QIN(features, embedding_dim=128, num_layers=4, num_row=4, net_dropout=0.1,
+                                            batch_norm=True, embedding_regularizer=0.0002),
     }
     rows: List[Dict] = []
     for length in args.lengths:
@@ -148,7 +154,8 @@ def main() -> None:
                         "2-core machine shared with other jobs",
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "torch": torch.__version__,
               "command": "python bench/bench_diffumin.py " + " ".join(
-                  f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
+                  f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+                  if k != "update_docs"),
               "steps": args.steps, "warmup": 1, "rows": rows}
     out = REPO / "bench" / "results" / "diffumin_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +163,36 @@ def main() -> None:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
     print(f"wrote {out}")
+    if args.update_docs:
+        from docs_section import write_section   # bench/ is the script's folder
+        write_section(REPO / "docs" / "benchmarks.md", "diffumin-qin-speed", markdown(result),
+                      "bench/bench_diffumin.py --update-docs")
+
+
+def markdown(result: Dict) -> str:
+    """The docs/benchmarks.md section: one table of every model row, then the DMIG shares."""
+    lines = ["## DiffuMIN and QIN beside DIN (training and inference speed)", "",
+             f"Device: {result['device']}; {result['date']}; torch {result['torch']}. Command:", "",
+             f"```\n{result['command']} --update-docs\n```", "",
+             "Random ids (timings do not depend on the values); training step = forward + BCE + auxiliary "
+             "losses + backward + Adam, median of the steps; inference = eval-mode forward of 1 000 candidate "
+             "rows, each with its own history. One thread on a shared 2-core box: indicative, compare rows "
+             "of the same run only.", "",
+             "| model | L | train samples/s | ms per 1 000 candidates | parameters | denoiser share (train fwd / inference) |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "share" in r:
+            continue
+        share = (f"{r['denoiser_forward_share_of_step']:.0%} / {r['denoiser_share_of_inference']:.0%}"
+                 if "denoiser_forward_share_of_step" in r else "")
+        lines.append(f"| {r['model']} | {r['L']} | {r['train_samples_per_s']:,} | {r['inference_ms_per_1000']:,.1f} | "
+                     f"{r['parameters']:,} | {share} |")
+    shares = [r for r in result["rows"] if "share" in r]
+    if shares:
+        lines += ["", "DMIG + CMIC share of DiffuMIN's whole training step (forward and backward; "
+                  "1 − step without DMIG / full step): " +
+                  ", ".join(f"L = {r['L']}: {r['share']:.0%}" for r in shares) + "."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
