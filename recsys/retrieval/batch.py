@@ -183,25 +183,30 @@ def _histories(ctx: UserHistories, ids: np.ndarray, chunk: pa.RecordBatch, sourc
     return hist, lengths, (seen_owner, seen_items)
 
 
-def _interests(model: torch.nn.Module, hist: dict, lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def user_batch(ids: np.ndarray, hist: dict, lengths: np.ndarray) -> Batch:
+    """The model input of users ``ids`` [B] with histories ``hist`` {field: [B, L]}
+    (targets and labels are placeholders: retrieval and candidate scoring ignore them)."""
     batch = len(ids)
     zeros = torch.zeros(batch, dtype=torch.long)
     tensors = {name: torch.from_numpy(values) for name, values in hist.items()}
-    b = Batch(user=torch.from_numpy(ids), label=torch.zeros(batch), lengths=torch.from_numpy(lengths),
-              target_item=zeros, target_category=zeros, hist_item=tensors["item"],
-              hist_category=tensors["category"], hist_behavior=tensors["behavior"],
-              hist_timestamp=tensors.get("timestamp"))
+    return Batch(user=torch.from_numpy(ids), label=torch.zeros(batch), lengths=torch.from_numpy(lengths),
+                 target_item=zeros, target_category=zeros, hist_item=tensors["item"],
+                 hist_category=tensors["category"], hist_behavior=tensors["behavior"],
+                 hist_timestamp=tensors.get("timestamp"))
+
+
+def _interests(model: torch.nn.Module, hist: dict, lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model.user_interests(b).interests.float().cpu().numpy()
+        return model.user_interests(user_batch(ids, hist, lengths)).interests.float().cpu().numpy()
 
 
-def _chunk_rows(ctx: UserHistories, model, index, options: RetrieveOptions, chunk: pa.RecordBatch, source: str,
-                first_row: int) -> "tuple[pa.Table, Dict[str, int]]":
-    counts = {k: 0 for k in COUNT_KEYS}
-    raw_users = chunk.column("user")
-    ids = ctx.encode_users(raw_users, source)
-    batch = len(ids)
-    counts["users"] = batch
+def chunk_inputs(ctx: UserHistories, chunk: pa.RecordBatch, source: str, first_row: int, counts: Dict[str, int]):
+    """One chunk of the users file → (user ids [B], histories {field: [B, L]}, lengths [B],
+    seen (row, item) pairs, use_model [B] bool: False for the popularity fallback rows),
+    counting users, unknown_users, no_history, history_rows, unknown_history_items and
+    retrieved (the model rows) into ``counts``."""
+    ids = ctx.encode_users(chunk.column("user"), source)
+    counts["users"] = len(ids)
     hist, lengths, seen = _histories(ctx, ids, chunk, source, first_row, counts)
     unknown = ids < FIRST_ITEM
     # a row with a given history is a known user as far as the model goes
@@ -211,6 +216,24 @@ def _chunk_rows(ctx: UserHistories, model, index, options: RetrieveOptions, chun
     use_model = ~unknown & ~empty
     counts["unknown_users"], counts["no_history"] = int(unknown.sum()), int(empty.sum())
     counts["retrieved"] = int(use_model.sum())
+    return ids, hist, lengths, seen, use_model
+
+
+def flat_rows(items: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
+    """items [B, n] (valid first, 0 padding) → (owner row, rank) of every valid entry, in
+    row order: the long output table's rows."""
+    per_user = (items >= FIRST_ITEM).sum(axis=1)
+    owner = np.repeat(np.arange(len(items)), per_user)
+    rank = np.arange(int(per_user.sum())) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    return owner, rank
+
+
+def _chunk_rows(ctx: UserHistories, model, index, options: RetrieveOptions, chunk: pa.RecordBatch, source: str,
+                first_row: int) -> "tuple[pa.Table, Dict[str, int]]":
+    counts = {k: 0 for k in COUNT_KEYS}
+    raw_users = chunk.column("user")
+    ids, hist, lengths, seen, use_model = chunk_inputs(ctx, chunk, source, first_row, counts)
+    batch = len(ids)
 
     items = np.zeros((batch, options.top_n), dtype=np.int64)
     scores = np.full((batch, options.top_n), -np.inf, dtype=np.float32)
@@ -236,8 +259,7 @@ def _chunk_rows(ctx: UserHistories, model, index, options: RetrieveOptions, chun
     per_user = (items >= FIRST_ITEM).sum(axis=1)
     counts["short_users"] = int((per_user < options.top_n).sum())
     counts["candidates"] = int(per_user.sum())
-    owner = np.repeat(np.arange(batch), per_user)
-    rank = np.arange(int(per_user.sum())) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    owner, rank = flat_rows(items)
     flat_items = items[owner, rank]
     table = pa.table({"user": raw_users.take(pa.array(owner)), "rank": pa.array(rank.astype(np.int32)),
                       "item": ctx.items.decode(flat_items), "score": pa.array(scores[owner, rank]),
@@ -323,43 +345,61 @@ def retrieve(run_dir: Union[str, Path], users: Union[str, Path], out: Union[str,
         index.set_search_params(options.nprobe, options.ef_search)
         users_file = _open_users(users)
         ctx = UserHistories(dataset, model.features.max_length)
-        parts_dir = out.with_name(f".{out.name}.parts")
-        resumed, parts_dir = _prepare_parts(parts_dir, _job_key(run_dir, users, index.stamp, options))
-        total = users_file.metadata.num_rows
-        bar = tqdm(total=total, desc="retrieve", unit="user", disable=not progress)
-        first_row, reused = 0, 0
-        part_paths = []
         model.eval()
-        for i, chunk in enumerate(users_file.iter_batches(batch_size=options.chunk_users,
-                                                          columns=[c for c in ("user", "history")
-                                                                   if c in users_file.schema_arrow.names])):
-            path = parts_dir / f"part-{i:06d}.parquet"
-            part_paths.append(path)
-            if not path.exists():
-                table, counts = _chunk_rows(ctx, model, index, options, chunk, str(users), first_row)
-                _write_part(table, counts, path)
-            else:
-                reused += 1
-            first_row += chunk.num_rows
-            bar.update(chunk.num_rows)
-            if after_chunk is not None:
-                after_chunk(i)
-        bar.close()
-        totals = {k: 0 for k in COUNT_KEYS}
-        for path in part_paths:
-            for key, value in _read_part_counts(path).items():
-                totals[key] = totals.get(key, 0) + value
+        part_paths, totals, reused = run_parts(
+            users_file, out, _job_key(run_dir, users, index.stamp, options), options.chunk_users,
+            lambda chunk, first_row: _chunk_rows(ctx, model, index, options, chunk, str(users), first_row),
+            COUNT_KEYS, "retrieve", progress, after_chunk)
         seconds = time.perf_counter() - started
         summary = {"run": str(run_dir), "users_file": str(users), "counts": totals, "options": asdict(options),
                    "index": {k: index.stamp.get(k) for k in ("kind", "factory", "params", "model_sha256",
                                                              "item_vocabulary", "index_sha256", "faiss_version")},
                    "resumed_parts": reused, "threads": threads, "seconds": round(seconds, 3),
                    "users_per_second": round(totals["users"] / max(seconds, 1e-9), 1)}
-        _concatenate(part_paths, out, _output_schema(users_file, ctx), summary)
-        shutil.rmtree(parts_dir)
+        finish_parts(part_paths, out, _output_schema(users_file, ctx), summary)
         return summary
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def run_parts(users_file: pq.ParquetFile, out: Path, key: dict, chunk_users: int,
+              process: Callable[[pa.RecordBatch, int], "tuple[pa.Table, Dict[str, int]]"], count_keys,
+              desc: str, progress: bool = True, after_chunk: Optional[Callable[[int], None]] = None) \
+        -> "tuple[list, Dict[str, int], int]":
+    """The streamed, resumable part of a users-file job (``retrieve``, ``recommend``): each
+    chunk of ``chunk_users`` rows (columns user[, history]) → ``process(chunk, first_row)``
+    → (table, counts) written as ``.OUT.parts/part-NNNNNN.parquet`` (temporary name +
+    rename), a part already there (same job ``key``) reused. Returns (part paths, summed
+    counts over ``count_keys``, parts reused); :func:`finish_parts` writes ``out``."""
+    _, parts_dir = _prepare_parts(out.with_name(f".{out.name}.parts"), key)
+    bar = tqdm(total=users_file.metadata.num_rows, desc=desc, unit="user", disable=not progress)
+    first_row, reused, part_paths = 0, 0, []
+    columns = [c for c in ("user", "history") if c in users_file.schema_arrow.names]
+    for i, chunk in enumerate(users_file.iter_batches(batch_size=chunk_users, columns=columns)):
+        path = parts_dir / f"part-{i:06d}.parquet"
+        part_paths.append(path)
+        if not path.exists():
+            table, counts = process(chunk, first_row)
+            _write_part(table, counts, path)
+        else:
+            reused += 1
+        first_row += chunk.num_rows
+        bar.update(chunk.num_rows)
+        if after_chunk is not None:
+            after_chunk(i)
+    bar.close()
+    totals = {k: 0 for k in count_keys}
+    for path in part_paths:
+        for name, value in _read_part_counts(path).items():
+            totals[name] = totals.get(name, 0) + value
+    return part_paths, totals, reused
+
+
+def finish_parts(part_paths, out: Path, schema: pa.Schema, summary: dict) -> None:
+    """Concatenate the parts into ``out`` (temporary name + rename, ``summary`` in the
+    schema metadata under ``recsys``) and remove the parts folder."""
+    _concatenate(part_paths, out, schema, summary)
+    shutil.rmtree(out.with_name(f".{out.name}.parts"))
 
 
 def _output_schema(users_file: pq.ParquetFile, ctx: UserHistories) -> pa.Schema:
