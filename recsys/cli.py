@@ -1,4 +1,4 @@
-"""The `recsys` command: data, fit, evaluate, index, retrieve, report, quickstart."""
+"""The `recsys` command: data, fit, evaluate, index, retrieve, recommend, report, quickstart."""
 
 from __future__ import annotations
 
@@ -159,6 +159,21 @@ def cmd_data_inspect(args) -> None:
     print(json.dumps(manifest, indent=2))
 
 
+def cmd_recommend(args) -> None:
+    from .retrieval.recommend import load_recommend_config, recommend
+    config = load_recommend_config(Path(args.config), _overrides(args.set))
+    summary = recommend(config, Path(args.users), Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
+    counts = summary["counts"]
+    shorts = ", ".join(f"{stage} {counts[stage + '_short']}" for stage in summary["stages"])
+    print(f"recommendations: {args.out} ({counts['recommended']} rows for {counts['users']} users, stages "
+          f"{' -> '.join(summary['stages'])}, {summary['users_per_second']} users/s)\n"
+          f"ranked {counts['retrieved']}, popularity fallback: unknown users {counts['unknown_users']}, "
+          f"no history {counts['no_history']}; users with fewer than asked: {shorts} (final {counts['short_users']}); "
+          f"given histories {counts['history_rows']} (unknown items {counts['unknown_history_items']})"
+          + (f"; resumed {summary['resumed_parts']} chunks" if summary["resumed_parts"] else ""))
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="CTR prediction and multi-interest modelling: "
                                      "build data, train, evaluate and report.", epilog=EPILOG)
@@ -244,6 +259,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("recommend", help="the cascade in batch: users -> retrieval -> coarse -> fine ranked lists",
+                       description="Runs the recommendation cascade of CONFIG (YAML: runs.retrieval / coarse / fine, "
+                       "index, chunk_users, threads, cascade: retrieve_n, coarse_m, fine_n, ...) over the users file "
+                       "(the format of `recsys retrieve`) in chunks and writes OUT (user, rank, item, score, one "
+                       "score column per stage, fallback) atomically; a killed run resumes when started again with "
+                       "the same arguments. See docs/cascade.md.")
+    p.add_argument("config", help="recommend config YAML (configs/cascade_*.yaml)")
+    p.add_argument("--users", required=True, help="users Parquet file")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set cascade.fine_n=10 or --set runs.coarse=null (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_recommend)
 
     data = sub.add_parser("data", help="generate synthetic logs, build datasets, inspect them",
                           description="Data commands: generate, build, inspect.")
