@@ -1,0 +1,205 @@
+"""Stage-by-stage quality of the recommendation cascade on the ``loo`` test users.
+
+``run``: one retrieval run (trained on the ``loo`` build) and ranking runs (trained on the
+``din`` build of the same file, so the same item vocabulary: checked) → HR/NDCG@{10, 20} of
+the final list of every cascade variant for the test users of the loo build, the user's
+earlier items left out (S3-Rec / ICLRec masking, as the retrieval evaluator does):
+
+* ``retrieval``: the first 20 of the FAISS list (what ``recsys evaluate`` gives the model);
+* ``retrieval+fine``: the fine ranker orders all ``retrieve_n`` candidates, top 20 kept;
+* ``retrieval+coarse``: the coarse ranker alone orders them (when a coarse run is given);
+* ``retrieval+coarse+fine``: the coarse ranker keeps ``coarse_m``, the fine ranker orders those.
+
+Also the candidate recall (HR@retrieve_n, HR@coarse_m: the ceiling of the later stages) and
+the time each variant took. One JSON per seed (``bench/results/cascade_<name>.json``).
+
+``table``: the JSONs → mean ± std over seeds → the ``cascade`` section of docs/results.md.
+
+    python bench/cascade_results.py run --name beauty_seed0 --retrieval runs/cascade/sasrec_beauty_seed0 \\
+        --fine runs/sweep11/din_amazon_beauty_seed0 --coarse runs/sweep11/finalmlp_amazon_beauty_seed0
+    python bench/cascade_results.py table bench/results/cascade_beauty_seed*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from recsys.cascade import Cascade, CascadeConfig, check_same_vocabulary, run_vocabularies
+from recsys.data_pipelines.loader import SampleLoader
+from recsys.full_ranking import SplitTruth
+from recsys.metrics import distinct_truth_counts, mean_of_sums, retrieval_sums, topk_hits
+from recsys.runner import load_config, open_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+KS = (10, 20)
+
+
+def _variants(coarse: bool, args) -> dict:
+    base = dict(retrieve_n=args.retrieve_n, max_rows=args.max_rows)
+    variants = {"retrieval": (CascadeConfig(**base), False, False),
+                "retrieval+fine": (CascadeConfig(**base, fine_n=args.final), False, True)}
+    if coarse:
+        variants["retrieval+coarse"] = (CascadeConfig(**base, coarse_m=args.final), True, False)
+        variants["retrieval+coarse+fine"] = (CascadeConfig(**base, coarse_m=args.coarse_m, fine_n=args.final),
+                                             True, True)
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(variants))
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; known: {sorted(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.variants or k == "retrieval"}
+    return variants
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    runs = {"retrieval": Path(args.retrieval)}
+    if args.coarse:
+        runs["coarse"] = Path(args.coarse)
+    runs["fine"] = Path(args.fine)
+    check_same_vocabulary(runs)                 # one-line error before any work
+    dataset = open_dataset(load_config(runs["retrieval"] / "config.yaml"), build=False)
+    popularity = dataset.vocabulary("item").id_counts()
+    stages = Cascade.from_runs(runs["retrieval"], runs.get("coarse"), runs["fine"],
+                               CascadeConfig(retrieve_n=args.retrieve_n, coarse_m=args.coarse_m if args.coarse else None,
+                                             fine_n=args.final),
+                               item_category=dataset.item_category, popularity=popularity)
+    variants = {}
+    for name, (config, use_coarse, use_fine) in _variants(bool(args.coarse), args).items():
+        variants[name] = Cascade(stages.retrieval_model, stages.index, stages.coarse if use_coarse else None,
+                                 stages.fine if use_fine else None, item_category=dataset.item_category,
+                                 popularity=popularity, config=config)
+    truth_of = SplitTruth(dataset, "test")
+    ks = KS + (args.retrieve_n,)
+    sums = {name: {} for name in variants}
+    recall = {"retrieval@n": {}, "coarse@m": {}}
+    seconds = {name: 0.0 for name in variants}
+    stats = {name: {} for name in variants}
+    users = 0
+    loader = SampleLoader(dataset, "test", args.batch_size, max_length=stages.max_length)
+    for batch in loader:
+        index = batch.sample_index.numpy()
+        keep = np.flatnonzero(index % args.every == 0)
+        if not len(keep):
+            continue
+        batch = batch.take(torch.from_numpy(keep))
+        index = index[keep]
+        truth = truth_of.truth(index)
+        seen = truth_of.seen(index, truth)
+        counts = distinct_truth_counts(truth)
+        users += len(index)
+        for name, cascade in variants.items():
+            started = time.perf_counter()
+            result = cascade.run(batch, seen)
+            seconds[name] += time.perf_counter() - started
+            for key, value in result.stats.items():
+                stats[name][key] = stats[name].get(key, 0) + value
+            top = result.final.items[:, :max(KS)]
+            _add(sums[name], retrieval_sums(topk_hits(top, truth), counts, KS))
+            if name == "retrieval":
+                _add(recall["retrieval@n"], retrieval_sums(topk_hits(result.retrieval.items, truth), counts,
+                                                          (args.retrieve_n,)))
+            if name == "retrieval+coarse+fine":
+                _add(recall["coarse@m"], retrieval_sums(topk_hits(result.coarse.items, truth), counts,
+                                                       (args.coarse_m,)))
+        if args.progress:
+            print(f"{users} users, {sum(seconds.values()):.0f} s", file=sys.stderr, flush=True)
+    out = {
+        "name": args.name, "runs": {k: str(v) for k, v in runs.items()},
+        "dataset": str(dataset.path), "split": "test", "users": users, "every": args.every,
+        "retrieve_n": args.retrieve_n, "coarse_m": args.coarse_m if args.coarse else None, "final": args.final,
+        "vocabularies": {stage: run_vocabularies(run) for stage, run in runs.items()},
+        "metrics": {name: {k: v for k, v in mean_of_sums(s).items() if k.startswith(("hr@", "ndcg@")) and
+                           int(k.split("@")[1]) in KS} for name, s in sums.items()},
+        "candidate_recall": {"hr@retrieve_n": mean_of_sums(recall["retrieval@n"]).get(f"hr@{args.retrieve_n}"),
+                             "hr@coarse_m": mean_of_sums(recall["coarse@m"]).get(f"hr@{args.coarse_m}")
+                             if recall["coarse@m"] else None},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "users_per_second": {k: round(users / max(v, 1e-9), 1) for k, v in seconds.items()},
+        "stats": stats, "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
+        "command": "python bench/cascade_results.py " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+    }
+    path = ROOT / "bench" / "results" / f"cascade_{args.name}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps({k: out[k] for k in ("metrics", "candidate_recall", "seconds")}, indent=2))
+    return out
+
+
+def _add(total: dict, part: dict) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0.0) + value
+
+
+def table(paths, docs: Path) -> str:
+    from bench.docs_section import write_section
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    groups = {}
+    for r in results:
+        groups.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
+    lines = []
+    for group, rs in groups.items():
+        first = rs[0]
+        lines += [f"**{group}**: {len(rs)} seed(s), {first['users']} loo test users each (every {first['every']}"
+                  f"{'th' if first['every'] > 1 else ''} user), retrieve_n = {first['retrieve_n']}, coarse_m = "
+                  f"{first['coarse_m']}, final list {first['final']}; runs of seed 0: " +
+                  ", ".join(f"{k} `{v}`" for k, v in first["runs"].items()) + ".", "",
+                  "| cascade | HR@10 | NDCG@10 | HR@20 | NDCG@20 | users/s (1 thread) |", "|---|---|---|---|---|---|"]
+        for variant in first["metrics"]:
+            cells = []
+            for metric in ("hr@10", "ndcg@10", "hr@20", "ndcg@20"):
+                values = np.array([r["metrics"][variant][metric] for r in rs])
+                cells.append(f"{values.mean():.4f}" + (f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""))
+            speed = np.mean([r["users_per_second"][variant] for r in rs])
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {speed:.0f} |")
+        recall = [r["candidate_recall"]["hr@retrieve_n"] for r in rs]
+        lines += ["", f"Candidate recall HR@{first['retrieve_n']} (the ceiling of every ranking stage): "
+                  f"{np.mean(recall):.4f}" + (f"; after the coarse stage HR@{first['coarse_m']}: "
+                                               f"{np.mean([r['candidate_recall']['hr@coarse_m'] for r in rs]):.4f}"
+                                               if first["coarse_m"] else "") + ".", ""]
+    lines.append("Commands: " + "; ".join(f"`{r['command']}`" for r in results) +
+                 "; then `python bench/cascade_results.py table " + " ".join(str(p) for p in paths) + "`.")
+    body = "\n".join(lines)
+    write_section(docs, "cascade", "## The cascade, stage by stage (loo test users)\n\n" + body,
+                  "bench/cascade_results.py table", title="# Results")
+    return body
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--name", required=True)
+    p.add_argument("--retrieval", required=True)
+    p.add_argument("--fine", required=True)
+    p.add_argument("--coarse")
+    p.add_argument("--retrieve-n", dest="retrieve_n", type=int, default=500)
+    p.add_argument("--coarse-m", dest="coarse_m", type=int, default=100)
+    p.add_argument("--final", type=int, default=20)
+    p.add_argument("--every", type=int, default=1, help="evaluate every S-th test user (1 = all)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    p.add_argument("--max-rows", dest="max_rows", type=int, default=16384)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--variants", nargs="+", help="only these variants (retrieval is always computed)")
+    t = sub.add_parser("table")
+    t.add_argument("paths", nargs="+")
+    t.add_argument("--docs", default=str(ROOT / "docs" / "results.md"))
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args)
+    else:
+        print(table(args.paths, Path(args.docs)))
+
+
+if __name__ == "__main__":
+    main()
