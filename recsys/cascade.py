@@ -306,9 +306,12 @@ class Cascade:
     def _rank(self, model: torch.nn.Module, batch: Batch, previous: Candidates, size: int, fallback: np.ndarray,
               stage: str) -> "tuple[Candidates, np.ndarray]":
         """Score the previous stage's valid candidates, keep the top ``size`` by the model's
-        logit. Returns (candidates [B, size], order [B, size]: the previous stage's column of each slot, 0 on padding)."""
+        logit. Returns (candidates [B, size], order [B, size]: the previous stage's column of
+        each slot, 0 on padding)."""
         counts = previous.counts
-        width = int(counts.max(initial=0))            # valid candidates are a prefix of each row
+        # valid candidates are a prefix of each row: one [B', width] call; a short row's padding
+        # slots (item 0) ride along in it and are masked to -inf, never returned
+        width = int(counts.max(initial=0))
         rows = np.arange(batch.size) if self.config.fallback_ranking == "rank" else np.flatnonzero(~fallback)
         rows = rows[counts[rows] > 0]
         logits = np.where(previous.items >= FIRST_ITEM, previous.scores, -np.inf)       # [B, n_prev]

@@ -16,6 +16,7 @@ from recsys.contract import Batch, FeatureSpec
 from recsys.errors import ConfigError
 from recsys.models.din import DIN
 from recsys.models.finalmlp import FinalMLP
+from recsys.models.hcn import HCN
 from recsys.models.youtube_dnn import YouTubeDNN
 from recsys.models.comirec import ComiRecSA
 from recsys.retrieval.index import FIRST_ITEM, build_index, item_vectors
@@ -127,6 +128,31 @@ def test_ranking_stage_scores_equal_forward_on_those_rows(models):
                                                                         result.retrieval.scores[r])}
     expected = [[retrieval_score[(r, int(i))] for i in result.fine.items[r]] for r in range(6)]
     np.testing.assert_allclose(result.stage_scores["retrieval"], expected)
+
+
+def test_hcn_as_the_coarse_stage_scores_the_user_side_once_and_equals_forward(models):
+    """HCN overrides score_candidates (two-tower: user side once per user); through the
+    cascade its coarse scores are still forward's on each (user, candidate) row."""
+    retrieval, index, _, fine = models
+    torch.manual_seed(1)
+    hcn = HCN(FEATURES, item_dim=8, category_dim=4, centres_per_level=[4, 2], short_length=3, gate_units=[8],
+              item_units=[16]).eval()
+    batch, seen = _batch(size=5, empty=(2,))
+    cascade = Cascade(retrieval, index, hcn, fine, item_category=CATEGORY, popularity=POPULARITY,
+                      config=CascadeConfig(retrieve_n=25, coarse_m=10, fine_n=4, fallback_ranking="rank"))
+    result = cascade.run(batch, seen)
+    np.testing.assert_allclose(result.coarse.scores, _score(hcn, batch, result.coarse), rtol=1e-4, atol=1e-5)
+    for row in range(5):
+        assert set(_valid(result.fine, row)) <= set(_valid(result.coarse, row)) <= set(_valid(result.retrieval, row))
+
+
+def test_seen_items_are_kept_when_exclude_seen_is_off(models):
+    batch, seen = _batch(size=6, empty=())
+    seen_sets = _seen_sets(seen, 6)
+    kept = _cascade(models, retrieve_n=60, fine_n=10, exclude_seen=False).run(batch, seen)
+    left_out = _cascade(models, retrieve_n=60, fine_n=10).run(batch, seen)
+    assert any(set(_valid(kept.retrieval, r)) & seen_sets[r] for r in range(6))
+    assert not any(set(_valid(left_out.retrieval, r)) & seen_sets[r] for r in range(6))
 
 
 def test_ranking_stages_off_equal_multi_interest_search(models):
