@@ -1,4 +1,4 @@
-"""The `recsys` command: data, fit, evaluate, index, retrieve, recommend, report, quickstart."""
+"""The `recsys` command: data, fit, evaluate, index, retrieve, recommend, export, report, quickstart."""
 
 from __future__ import annotations
 
@@ -110,6 +110,16 @@ def cmd_retrieve(args) -> None:
           f"no history {counts['no_history']}; fewer than top-n {counts['short_users']}; given histories "
           f"{counts['history_rows']} (unknown items {counts['unknown_history_items']})"
           + (f"; resumed {summary['resumed_parts']} chunks" if summary["resumed_parts"] else ""))
+
+
+def cmd_export(args) -> None:
+    from recsys.serving.export import export_artifact
+    out = export_artifact(Path(args.run), Path(args.out), fine=args.fine, coarse=args.coarse, index=args.index,
+                          overwrite=args.overwrite)
+    manifest = json.loads((out / "manifest.json").read_text())
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    print(f"artifact: {out} (components {', '.join(manifest['components'])}; {len(manifest['files'])} files, "
+          f"{size / 1e6:.1f} MB, format version {manifest['format_version']})")
 
 
 def cmd_data_generate(args) -> None:
@@ -274,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export", help="a run (or a retrieval run and its rankers) -> a serving artifact",
+                       description="Writes a self-contained directory for recsys.serving: weights (safetensors), "
+                       "model.json, the vocabularies, item -> category and user side tables, the FAISS index of a "
+                       "retrieval run, and a manifest with the sha256 of every file; written to a temporary name and "
+                       "renamed. --fine/--coarse bundle ranking runs with a retrieval run for the Recommender (all "
+                       "trained on the same vocabularies). See docs/serving.md.")
+    p.add_argument("run", help="run directory (ranking, or retrieval with --fine/--coarse)")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument("--fine", help="ranking run for the fine stage (Recommender bundle)")
+    p.add_argument("--coarse", help="ranking run for the coarse stage (Recommender bundle)")
+    p.add_argument("--index", default="flat", help="retrieval runs: index name in RUN/index (default flat, built "
+                   "from the weights when missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=cmd_export)
 
     data = sub.add_parser("data", help="generate synthetic logs, build datasets, inspect them",
                           description="Data commands: generate, build, inspect.")
