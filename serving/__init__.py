@@ -14,9 +14,11 @@ from .artifact import FORMAT_VERSION, Artifact, open_artifact
 from .compiled import MODES as COMPILED_MODES
 from .ids import RequestError
 from .request import Request
+from .recommender import Recommender
 from .scorer import Scorer, ScorerStats
 
-__all__ = ["Artifact", "COMPILED_MODES", "FORMAT_VERSION", "Request", "RequestError", "Scorer", "ScorerStats",
+__all__ = ["Artifact", "COMPILED_MODES", "FORMAT_VERSION", "Recommender", "Request", "RequestError", "Scorer",
+           "ScorerStats",
            "export_artifact", "open_artifact"]
 
 

@@ -7,9 +7,11 @@
   ``score_candidates`` row layout (the model's own method, with the compiled forward bound
   for the call): one graph for every (B, M), no recompilation per shape after warm-up.
 * ``"trace"``: TorchScript (``torch.jit.trace``) of the forward over the flat
-  (user, candidate) rows, traced per row count on first use and kept (a traced graph
-  fixes its shapes; one per distinct B × M, bounded by ``TRACE_CACHE``), since a trace
-  taken at one row count is not valid at another.
+  (user, candidate) rows, traced on first use per input shape and kept (at most
+  ``TRACE_CACHE`` graphs): a trace bakes in the Python decisions taken at its shapes (the
+  attention kernel's chunked/unchunked choice depends on the row count), so one graph is
+  never reused at another shape. Multi-valued profile ids enter as ``[R, max_values]``
+  padded ids (the embedding's other accepted form) so their shape is fixed.
 
 What each mode measured on this machine is in docs/serving.md (bench/bench_serving.py
 ``--compiled``); every mode gives the eager logits to float tolerance (tested).
@@ -22,11 +24,12 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from recsys.contract import Batch
+from recsys.contract import Batch, Jagged
 from recsys.errors import ConfigError
 
 MODES = ("off", "compile", "trace")
 TRACE_CACHE = 64
+MAX_ROWS = 16384        # (user, candidate) rows per forward, as score_candidates' default
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> Callable:
@@ -39,13 +42,23 @@ def compile_model(model: torch.nn.Module, mode: str) -> Callable:
     raise ConfigError(f"compiled mode must be one of {MODES}, got {mode!r}")
 
 
-def _rows(batch: Batch, candidates: Dict[str, torch.Tensor]) -> Batch:
-    """The B × M (user, candidate) rows as one batch (what score_candidates builds)."""
-    users, per_user = candidates["item"].shape
-    rows = torch.arange(users).repeat_interleave(per_user)
+def _rows(batch: Batch, candidates: Dict[str, torch.Tensor], start: int, stop: int) -> Batch:
+    """The (user, candidate) rows of users ``start:stop`` as one batch, user-major (the
+    layout score_candidates builds)."""
+    per_user = candidates["item"].shape[1]
+    rows = torch.arange(start, stop).repeat_interleave(per_user)
     part = batch.take(rows)
-    return part.replace(target={name: candidates[name].reshape(-1) for name in batch.target},
+    return part.replace(target={name: candidates[name][start:stop].reshape(-1) for name in batch.target},
                         label=part.label.new_zeros(rows.numel()), sample_index=None)
+
+
+def _by_chunks(forward: Callable[[Batch], torch.Tensor], batch: Batch,
+               candidates: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, M] logits, at most MAX_ROWS rows per forward (bounded memory)."""
+    users, per_user = candidates["item"].shape
+    step = max(1, MAX_ROWS // max(per_user, 1))
+    return torch.cat([forward(_rows(batch, candidates, start, min(users, start + step))).reshape(-1, per_user)
+                      for start in range(0, users, step)])
 
 
 class _Compiled:
@@ -54,8 +67,7 @@ class _Compiled:
         self.forward = torch.compile(model.forward, dynamic=True)
 
     def __call__(self, batch: Batch, candidates: Dict[str, torch.Tensor]) -> torch.Tensor:
-        users, per_user = candidates["item"].shape
-        return self.forward(_rows(batch, candidates)).logit.reshape(users, per_user)
+        return _by_chunks(lambda rows: self.forward(rows).logit, batch, candidates)
 
 
 class _Traced:
@@ -66,46 +78,57 @@ class _Traced:
         self._graphs: Dict[Tuple, torch.jit.ScriptModule] = {}
         self._lock = threading.Lock()
 
-    def _key(self, rows: Batch) -> Tuple:
-        return tuple(sorted((n, tuple(v.shape)) for n, v in
-                            list(rows.history.items()) + list(rows.target.items()) + list(rows.context.items())))
-
     def __call__(self, batch: Batch, candidates: Dict[str, torch.Tensor]) -> torch.Tensor:
-        users, per_user = candidates["item"].shape
-        rows = _rows(batch, candidates)
-        if rows.profile:     # Jagged profile values do not trace: eager for such models
-            return self.model.score_candidates(batch, candidates)
-        flat = _flatten(rows)
-        key = self._key(rows)
+        return _by_chunks(self._forward, batch, candidates)
+
+    def _forward(self, rows: Batch) -> torch.Tensor:
+        names, flat = _flatten(_padded_profile(rows, self.model.features))
+        key = (names, tuple(tuple(v.shape) for v in flat))
         graph = self._graphs.get(key)
         if graph is None:
             with self._lock:
                 graph = self._graphs.get(key)
                 if graph is None:
-                    wrapper = _FlatForward(self.model, rows)
-                    graph = torch.jit.trace(wrapper, flat, check_trace=False)
+                    graph = torch.jit.trace(_FlatForward(self.model, names), flat, check_trace=False)
                     if len(self._graphs) >= TRACE_CACHE:
                         self._graphs.pop(next(iter(self._graphs)))
                     self._graphs[key] = graph
-        return graph(*flat).reshape(users, per_user)
+        return graph(*flat)
 
 
-def _flatten(rows: Batch) -> Tuple[torch.Tensor, ...]:
-    return (rows.user, rows.lengths) + tuple(rows.history[n] for n in sorted(rows.history)) + \
-        tuple(rows.target[n] for n in sorted(rows.target)) + tuple(rows.context[n] for n in sorted(rows.context))
+def _padded_profile(rows: Batch, features) -> Batch:
+    """Multi-valued profile ids as [R, max_values] padded with 0 (what the embedding takes
+    besides Jagged; a fixed width, so the traced shapes do not depend on the values)."""
+    profile = {}
+    for name, value in rows.profile.items():
+        if isinstance(value, Jagged):
+            value = value.to_padded(max(int(features[name].max_values), 1))
+        profile[name] = value
+    return rows.replace(profile=profile)
+
+
+def _flatten(rows: Batch) -> Tuple[Tuple[Tuple[str, str], ...], Tuple[torch.Tensor, ...]]:
+    """((store, field) names, tensors) of a batch's inputs, in a fixed order."""
+    names = [("core", "user"), ("core", "lengths")]
+    for store in ("history", "target", "profile", "context"):
+        names += [(store, n) for n in sorted(getattr(rows, store))]
+    values = [rows.user if n == "user" else rows.lengths if s == "core" else getattr(rows, s)[n] for s, n in names]
+    return tuple(names), tuple(values)
 
 
 class _FlatForward(torch.nn.Module):
     """forward over tensors (what tracing needs): rebuilds the Batch from its fields."""
 
-    def __init__(self, model: torch.nn.Module, example: Batch) -> None:
+    def __init__(self, model: torch.nn.Module, names: Tuple[Tuple[str, str], ...]) -> None:
         super().__init__()
-        self.model = model
-        self.history, self.target, self.context = sorted(example.history), sorted(example.target), sorted(example.context)
+        self.model, self.names = model, names
 
-    def forward(self, user, lengths, *values):
-        h, t = len(self.history), len(self.target)
-        batch = Batch(user=user, label=torch.zeros_like(lengths, dtype=torch.float32), lengths=lengths,
-                      history=dict(zip(self.history, values[:h])), target=dict(zip(self.target, values[h:h + t])),
-                      context=dict(zip(self.context, values[h + t:])))
+    def forward(self, *values):
+        stores = {"history": {}, "target": {}, "profile": {}, "context": {}, "core": {}}
+        for (store, name), value in zip(self.names, values):
+            stores[store][name] = value
+        lengths = stores["core"]["lengths"]
+        batch = Batch(user=stores["core"]["user"], label=torch.zeros_like(lengths, dtype=torch.float32),
+                      lengths=lengths, history=stores["history"], target=stores["target"],
+                      profile=stores["profile"], context=stores["context"])
         return self.model(batch).logit

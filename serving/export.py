@@ -34,9 +34,6 @@ from recsys.retrieval.index import (IndexConfig, build_index, file_sha256, index
 
 from .artifact import FEATURES, FORMAT, FORMAT_VERSION, MANIFEST, safe_model_class
 
-SHARED_TABLES = ("item.parquet", "category.parquet", "user.parquet")
-
-
 def _fingerprint(run: Path) -> dict:
     path = run / "data_fingerprint.json"
     if not path.exists():
@@ -65,14 +62,10 @@ def _check_runs(runs: Dict[str, Path]) -> Tuple[Dict[str, dict], dict]:
     for role in ("coarse", "fine"):
         if role in runs and family[role] != "ranking":
             raise ConfigError(f"--{role} {runs[role]}: a {family[role]} run, not a ranking run")
+    if len(runs) > 1:      # one id space: the cascade's own check (item, category, user fingerprints)
+        from recsys.cascade import check_same_vocabulary
+        check_same_vocabulary(runs)
     first = next(iter(runs))
-    for role, run in runs.items():
-        for table in SHARED_TABLES:
-            mine, theirs = prints[role]["vocab_fingerprint"].get(table), prints[first]["vocab_fingerprint"].get(table)
-            if mine != theirs:
-                raise ConfigError(f"{run} and {runs[first]} were trained on different {table[:-8]} vocabularies "
-                                  f"(sha256 {str(mine)[:12]} vs {str(theirs)[:12]}); a bundle needs one id space: "
-                                  "train them on one built dataset")
     return described, prints[first]
 
 

@@ -80,13 +80,15 @@ def _id_list(values, what: str) -> Sequence:
 class Encoded:
     """B requests with at least one candidate: ``batch`` [B], ``candidates`` {"item",
     "category": [B, M]} (rows shorter than M padded with their first candidate), ``sizes``
-    [B] the real candidate counts, ``rows`` the position of each in the call's requests."""
+    [B] the real candidate counts, ``rows`` the position of each in the call's requests,
+    ``histories`` the B whole histories as ids (before truncation)."""
 
     batch: Batch
     candidates: Dict[str, torch.Tensor]
     sizes: List[int]
     rows: List[int]
     counts: Dict[str, int]
+    histories: List[np.ndarray] = None      # each row's whole history as ids (the seen items)
 
 
 class RequestEncoder:
@@ -178,13 +180,16 @@ class RequestEncoder:
         return out
 
     # ------------------------------------------------------------------ a call's requests
-    def encode(self, requests: Sequence[Request], names: Sequence[str]) -> Encoded:
-        """The requests with candidates, as one batch; ``names[i]`` names request i in errors."""
+    def encode(self, requests: Sequence[Request], names: Sequence[str], scoring: bool = True) -> Encoded:
+        """The requests as one batch; ``names[i]`` names request i in errors. ``scoring``:
+        requests without candidates are left out (empty results); else (the Recommender)
+        every request is a row and candidates are not read."""
         counts = dict.fromkeys(COUNT_KEYS, 0)
         items = self.maps["item"]
         histories, candidates, users, profiles, contexts, rows = [], [], [], [], [], []
         for row, (request, what) in enumerate(zip(requests, names)):
-            cands = items.encode(_id_list(request.candidates, f"{what}.candidates"), f"{what}.candidates")
+            cands = items.encode(_id_list(request.candidates, f"{what}.candidates"), f"{what}.candidates") \
+                if scoring else np.zeros(0, np.int64)
             hist = items.encode(_id_list(request.history, f"{what}.history"), f"{what}.history")
             context = request.context if request.context is not None else {}
             if not isinstance(context, Mapping):
@@ -206,7 +211,7 @@ class RequestEncoder:
             if len(hist) > self.max_length:
                 counts["truncated_histories"] += 1
                 counts["truncated_behaviours"] += len(hist) - self.max_length
-            if not len(cands):
+            if scoring and not len(cands):
                 continue            # nothing to score: an empty result, no model call
             histories.append(hist)
             candidates.append(cands)
@@ -216,8 +221,9 @@ class RequestEncoder:
             rows.append(row)
         if not rows:
             return Encoded(None, {}, [], [], counts)
-        return Encoded(self._batch(histories, users, profiles, contexts), self._candidates(candidates),
-                       [len(c) for c in candidates], rows, counts)
+        return Encoded(self._batch(histories, users, profiles, contexts),
+                       self._candidates(candidates) if scoring else {}, [len(c) for c in candidates], rows, counts,
+                       histories)
 
     def _batch(self, histories: List[np.ndarray], users: List[int], profiles: List[dict],
                contexts: List[dict]) -> Batch:

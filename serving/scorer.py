@@ -44,7 +44,7 @@ class ScorerStats:
     def add(self, counts: Mapping[str, int]) -> None:
         with self._lock:
             for key, value in counts.items():
-                self._counts[key] += int(value)
+                self._counts[key] = self._counts.get(key, 0) + int(value)
 
     def snapshot(self) -> Dict[str, int]:
         with self._lock:
