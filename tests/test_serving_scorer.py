@@ -221,3 +221,5 @@ def test_compiled_paths_give_the_eager_scores(trained, scorer, mode):
         fast = compiled.score_many(batch)
         for a, b in zip(eager, fast):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    if mode == "trace":       # it traced (multi-valued profile ids included), not fell back to eager
+        assert len(compiled._score_fn._graphs) == 2
