@@ -20,6 +20,7 @@ What each mode measured on this machine is in docs/serving.md (bench/bench_servi
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -89,7 +90,9 @@ class _Traced:
             with self._lock:
                 graph = self._graphs.get(key)
                 if graph is None:
-                    graph = torch.jit.trace(_FlatForward(self.model, names), flat, check_trace=False)
+                    with warnings.catch_warnings():     # the tracer's notes on shape-dependent Python: why
+                        warnings.simplefilter("ignore")    # one graph is kept per input shape
+                        graph = torch.jit.trace(_FlatForward(self.model, names), flat, check_trace=False)
                     if len(self._graphs) >= TRACE_CACHE:
                         self._graphs.pop(next(iter(self._graphs)))
                     self._graphs[key] = graph

@@ -11,6 +11,7 @@ import torch
 
 from recsys.data_pipelines.dataset import BuiltDataset
 from recsys.serving import Request, RequestError, Scorer, export_artifact
+from tests.conftest import REPO
 from tests.serving_fixtures import build_side_dataset, train
 
 UNKNOWN_RAW = -987654321       # an integer raw id no vocabulary holds
@@ -223,3 +224,22 @@ def test_compiled_paths_give_the_eager_scores(trained, scorer, mode):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     if mode == "trace":       # it traced (multi-valued profile ids included), not fell back to eager
         assert len(compiled._score_fn._graphs) == 2
+
+
+def _python_blocks(path, heading):
+    """The ```python blocks of a Markdown file's section ``heading``."""
+    text = (REPO / path).read_text()
+    section = text[text.index(heading):]
+    section = section[:section.find("\n## ", len(heading))] if "\n## " in section[len(heading):] else section
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+
+
+@pytest.mark.parametrize("path, heading, count", [("README.md", "## Serving", 1),
+                                                  ("docs/serving.md", "## 2. `Scorer`", 2)])
+def test_the_documented_examples_run(trained, path, heading, count):
+    blocks = _python_blocks(path, heading)
+    assert len(blocks) == count
+    namespace = {}
+    for block in blocks:            # the examples' raw ids are illustrative: unknown ids score too (as id 1)
+        exec(block.replace('"artifacts/din"', repr(str(trained[2]))), namespace)
+    assert all(len(r) for r in namespace["results"])
