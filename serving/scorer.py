@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from recsys.errors import CheckpointError
+from recsys.errors import CheckpointError, ConfigError
 
 from .artifact import Artifact, open_artifact
 from .compiled import MODES, compile_model
@@ -99,7 +99,7 @@ class Scorer:
         coarse; default ranker, else fine). ``compiled``: one of :data:`MODES`
         (``"off"`` = eager; see :mod:`recsys.serving.compiled`)."""
         if compiled not in MODES:
-            raise CheckpointError(f"compiled must be one of {MODES}, got {compiled!r}")
+            raise ConfigError(f"compiled must be one of {MODES}, got {compiled!r}")
         artifact = open_artifact(path)
         component = artifact.component(role)
         if component.family != "ranking":
