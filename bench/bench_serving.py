@@ -128,14 +128,30 @@ def bench_scorers(args) -> list:
     return rows
 
 
+def time_paired(calls, requests, budget: float) -> list:
+    """Per-request latencies of several callables on the same requests, interleaved (each
+    request runs through every callable in turn), so all see the same machine load."""
+    for r in requests[:3]:
+        for call in calls:
+            call(r)
+    out, started = [[] for _ in calls], time.perf_counter()
+    for r in requests:
+        for times, call in zip(out, calls):
+            t = time.perf_counter()
+            call(r)
+            times.append(time.perf_counter() - t)
+        if time.perf_counter() - started > budget and len(out[0]) >= 10:
+            break
+    return [percentiles(times) for times in out]
+
+
 def bench_compiled(args) -> list:
     rows = []
     for name in args.models:
         requests = make_requests(args.items, 50, 100, args.max_requests)
         eager = make_scorer(name, args.items, 50)
-        base = time_serial(lambda r: eager.score(r[0], r[1], user=r[2]), requests, args.budget)
         for mode in args.compiled:
-            row = {"model": name, "candidates": 100, "history": 50, "mode": mode, "eager": base}
+            row = {"model": name, "candidates": 100, "history": 50, "mode": mode}
             try:
                 scorer = make_scorer(name, args.items, 50, mode)
                 started = time.perf_counter()
@@ -143,13 +159,37 @@ def bench_compiled(args) -> list:
                 row["first_call_s"] = round(time.perf_counter() - started, 2)
                 reference = eager.score(requests[0][0], requests[0][1], user=requests[0][2])
                 row["max_abs_diff"] = float(np.abs(first - reference).max())
-                row["compiled"] = time_serial(lambda r: scorer.score(r[0], r[1], user=r[2]), requests, args.budget)
-                row["speedup_p50"] = round(base["p50_ms"] / row["compiled"]["p50_ms"], 2)
+                row["eager"], row["compiled"] = time_paired(
+                    [lambda r: eager.score(r[0], r[1], user=r[2]), lambda r: scorer.score(r[0], r[1], user=r[2])],
+                    requests, 2 * args.budget)
+                row["speedup_p50"] = round(row["eager"]["p50_ms"] / row["compiled"]["p50_ms"], 2)
             except Exception as exc:      # record what failed, and go on
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
+
+
+def bench_breakdown(args) -> list:
+    """Where a goal-configuration request's time goes: encoding raw ids to the Batch vs the
+    model's score_candidates, timed interleaved on the same requests."""
+    from recsys.serving.request import Request
+    scorer = make_scorer(GOAL["model"], args.items, GOAL["history"])
+    requests = make_requests(args.items, GOAL["history"], GOAL["candidates"], args.max_requests)
+    encoded = {}
+
+    def encode(r):
+        encoded["last"] = scorer.encoder.encode([Request(r[0], r[1], r[2])], ["request"])
+
+    def model(r):
+        with torch.inference_mode():
+            scorer.model.score_candidates(encoded["last"].batch, encoded["last"].candidates)
+    encode_t, model_t, total_t = time_paired([encode, model, lambda r: scorer.score(r[0], r[1], user=r[2])],
+                                             requests, 2 * args.budget)
+    row = {"model": GOAL["model"], "candidates": GOAL["candidates"], "history": GOAL["history"],
+           "encode": encode_t, "model_score_candidates": model_t, "score": total_t}
+    print(json.dumps(row), flush=True)
+    return [row]
 
 
 def bench_recommender(args) -> list:
@@ -199,9 +239,13 @@ def bench_recommender(args) -> list:
 
 
 def docs_section(result: dict) -> str:
+    sections = result.get("sections") or {s: {"command": result["command"], "load_average": result["load_average"]}
+                                          for s in ("scorer", "breakdown", "compiled", "recommender") if result.get(s)}
+    runs = "; ".join(f"{name}: `{info['command']}` (load average {info['load_average']} at start)"
+                     for name, info in sections.items())
     lines = ["## Serving (in-process Scorer and Recommender)", "",
-             f"`{result['command']}` on {result['machine']} (load average {result['load_average']} at start: the "
-             "machine is shared with other jobs, so p99 carries their noise); torch intra-op threads 1. Per request, "
+             f"Commands, on {result['machine']}: {runs}. The machine is shared with other jobs (2 cores, load "
+             "averages above 2 mean waiting for a core), so p99 carries their noise; torch intra-op threads 1. Per request, "
              "end to end from raw ids (vocabulary lookups, the Batch, `score_candidates`, sigmoid). Models at their "
              f"constructors' defaults, {result['items']:,} items, random weights. 4 callers = 4 threads sharing one "
              "Scorer on the 2 cores.", "",
@@ -221,14 +265,25 @@ def docs_section(result: dict) -> str:
                   f"{ANCHOR['batch_1_p99_ms']} ms p99 at batch 1, {ANCHOR['batch_256_avg_ms']} / "
                   f"{ANCHOR['batch_256_p99_ms']} ms at batch 256 (with the network round trip; DLRM is a dot-product "
                   "model without target attention, so the comparison is of order, not like for like)."]
+    if result.get("breakdown"):
+        b = result["breakdown"][0]
+        lines += ["", f"Where the goal request's time goes (interleaved on the same requests, p50 / p99 ms): encoding "
+                  f"raw ids into the Batch {b['encode']['p50_ms']} / {b['encode']['p99_ms']}, the model's "
+                  f"`score_candidates` {b['model_score_candidates']['p50_ms']} / "
+                  f"{b['model_score_candidates']['p99_ms']}, the whole `score` {b['score']['p50_ms']} / "
+                  f"{b['score']['p99_ms']}. The model is the cost: `RankingModel.score_candidates` repeats the user's "
+                  "row once per candidate, so DIN embeds the 50 behaviours and runs the attention's per-behaviour "
+                  "GEMM (`k(Wb − Wc)`) 100 times for one history. A DIN override of `score_candidates` computing them "
+                  "once per user (as HCN's two-tower override does for its user side) would remove that repeated "
+                  "work; it is a change to models/din.py, not made or measured here."]
     if result.get("compiled"):
-        lines += ["", "Compiled switch at 100 candidates × L = 50, one thread (p50 ms, eager → compiled):", "",
+        lines += ["", "Compiled switch at 100 candidates × L = 50, one thread; eager and compiled timed on the same "
+                  "requests, interleaved (so both see the same machine load):", "",
                   "| model | mode | eager p50 | compiled p50 / p99 | speed-up | first call s | max abs diff |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for r in result["compiled"]:
             if "error" in r:
-                lines.append(f"| {r['model']} | {r['mode']} | {r['eager']['p50_ms']} | failed: {r['error'][:120]} "
-                             "| | | |")
+                lines.append(f"| {r['model']} | {r['mode']} | | failed: {r['error'][:120]} | | | |")
             else:
                 lines.append(f"| {r['model']} | {r['mode']} | {r['eager']['p50_ms']} | {r['compiled']['p50_ms']} / "
                              f"{r['compiled']['p99_ms']} | {r['speedup_p50']}x | {r['first_call_s']} | "
@@ -260,7 +315,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--ivf-nlist", type=int, default=1024, help="0 = exact index only")
     parser.add_argument("--ivf-nprobe", type=int, default=16)
     parser.add_argument("--build-threads", type=int, default=2, help="FAISS threads while building the indexes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["scorer", "compiled", "recommender"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scorer", "breakdown", "compiled", "recommender"])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serving_cpu.json"))
     parser.add_argument("--update-docs", action="store_true")
     parser.add_argument("--docs-only", metavar="JSON", help="rewrite the docs section from a results file")
@@ -278,10 +333,22 @@ def main(argv=None) -> dict:
               f"{os.cpu_count()} cores", "load_average": round(os.getloadavg()[0], 2), "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(), "items": args.items, "anchor": ANCHOR, "goal": GOAL,
               "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    result["scorer"] = bench_scorers(args) if "scorer" not in args.skip else []
-    result["compiled"] = bench_compiled(args) if "compiled" not in args.skip and args.compiled else []
-    result["recommender"] = bench_recommender(args) if "recommender" not in args.skip else []
     out = Path(args.out)
+    # a skipped section keeps the rows (and the command, load) of the previous results file
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    result["sections"] = dict(previous.get("sections") or {
+        name: {"command": previous["command"], "load_average": previous["load_average"],
+               "created_utc": previous.get("created_utc")} for name in ("scorer", "compiled", "recommender")
+        if previous.get(name)})   # a file written before per-section commands
+    for section, run in (("scorer", bench_scorers), ("breakdown", bench_breakdown), ("compiled", bench_compiled),
+                         ("recommender", bench_recommender)):
+        if section in args.skip or (section == "compiled" and not args.compiled):
+            result[section] = previous.get(section, [])
+            continue
+        load = round(os.getloadavg()[0], 2)
+        result[section] = run(args)
+        result["sections"][section] = {"command": result["command"], "load_average": load,
+                                       "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2))
