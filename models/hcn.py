@@ -67,7 +67,7 @@ Deliberate choices where the proposal is silent (ours, documented):
     * More centres than behaviours (K_r > L, or an empty history) is allowed: every
       behaviour spreads weight 1 over the centres, so each centre moves to its weighted mean
       of the behaviours (with one behaviour, all centres move toward it); a centre with no
-      weight at all (empty history) stays at LayerNorm(C⁰), a learned prior user. Padding
+      weight at all (empty history) is LayerNorm applied T times to C⁰: a learned prior user. Padding
       never contributes (its weights are exactly zero).
     * ``short_length`` = 10: the proposal's "last 20–50" would equal the whole history for
       most users at our max_length 50; the long sequence is the whole history (it includes
