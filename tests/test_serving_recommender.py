@@ -19,7 +19,7 @@ from recsys.data_pipelines.dataset import BuiltDataset
 from recsys.errors import CheckpointError, ConfigError
 from recsys.retrieval.recommend import RecommendConfig, recommend
 from recsys.runner import fit
-from recsys.serving import Recommender, RequestError, export_artifact
+from recsys.serving import Recommender, RequestError, Scorer, export_artifact
 
 SOURCE = dict(n_rows=4000, n_items=200, n_categories=8, mean_events=20.0, interests_per_user=2)
 
@@ -139,3 +139,16 @@ def test_a_scorer_artifact_is_not_a_bundle_and_mismatched_runs_are_refused(bundl
     alone = Recommender.load(tmp_path / "retrieval_only", retrieve_n=15)
     users, histories = _histories(bundle["loo"], 2)
     assert len(alone.recommend(histories[0], user=users[0])) == 15
+
+
+def test_a_bundle_also_serves_its_rankers_through_scorer(bundle):
+    users, histories = _histories(bundle["loo"], 1)
+    rec = Recommender.load(bundle["artifact"], fine_n=8)
+    ranked = rec.recommend(histories[0], user=users[0])
+    fine = Scorer.load(bundle["artifact"])                       # the fine model by default
+    logits = np.log(fine.score(histories[0], [item for item, _ in ranked], user=users[0]))
+    logits -= np.log1p(-np.exp(logits))                          # probability -> logit
+    np.testing.assert_allclose(logits, [score for _, score in ranked], rtol=1e-4, atol=1e-4)
+    assert Scorer.load(bundle["artifact"], role="coarse").score(histories[0], [ranked[0][0]]).shape == (1,)
+    with pytest.raises(CheckpointError, match="is a retrieval model; a Scorer needs a ranking model"):
+        Scorer.load(bundle["artifact"], role="retrieval")
