@@ -62,10 +62,9 @@ class IdMap:
         out = np.empty(len(values), np.int64)
         index = self._index
         for i, value in enumerate(values):
-            if type(value) is not str:
-                if not isinstance(value, str):
-                    raise RequestError(f"{what}[{i}]: {value!r} ({type(value).__name__}) is not a raw {self.name} id; "
-                                       f"this vocabulary holds strings")
+            if not isinstance(value, str):
+                raise RequestError(f"{what}[{i}]: {value!r} ({type(value).__name__}) is not a raw {self.name} id; "
+                                   "this vocabulary holds strings")
             out[i] = index.get(value, UNKNOWN_ID)
         return out
 
@@ -85,7 +84,7 @@ def _int_array(values: Sequence, what: str) -> np.ndarray:
         raise RequestError(f"{what}: a numpy array of dtype {values.dtype} and shape {values.shape}; raw ids of this "
                            "vocabulary are integers (a 1-d integer array or a list of ints)")
     for i, value in enumerate(values):
-        if type(value) is not int and not (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))):
+        if type(value) is not int and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
             raise RequestError(f"{what}[{i}]: {value!r} ({type(value).__name__}) is not a raw id of this vocabulary, "
                                "which holds integers")
     try:

@@ -105,7 +105,8 @@ class RequestEncoder:
         self.max_length = features.max_length
         self.profile_fields = features.of("user", side_only=True)
         self.context_fields = features.of("context")
-        self.user_tables, self.context_columns, self.behaviors = dict(user_tables), dict(context_columns), dict(behaviors)
+        self.user_tables, self.context_columns = dict(user_tables), dict(context_columns)
+        self.behaviors = dict(behaviors)
 
     # ------------------------------------------------------------------ one request's parts
     def _user(self, user, what: str, counts: Dict[str, int]) -> Tuple[int, Dict[str, Any]]:
