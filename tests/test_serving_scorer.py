@@ -244,3 +244,30 @@ def test_the_documented_examples_run(trained, path, heading, count):
     for block in blocks:            # the examples' raw ids are illustrative: unknown ids score too (as id 1)
         exec(block.replace('"artifacts/din"', repr(str(trained[2]))), namespace)
     assert all(len(r) for r in namespace["results"])
+
+
+def test_dense_and_number_profile_values_reach_the_batch_and_nan_is_refused():
+    from recsys.contract import FeatureSpec, FieldSpec, core_fields
+    from recsys.serving.ids import IdMap
+    from recsys.serving.request import RequestEncoder
+    import pyarrow as pa
+    spec = FeatureSpec(core_fields(6, 5, 3) + (FieldSpec("emb", "dense", "user", size=3),
+                                               FieldSpec("age", "number", "user")), 4)
+    tables = {"emb": np.arange(18, dtype=np.float32).reshape(6, 3), "age": np.arange(6, dtype=np.float32)}
+    encoder = RequestEncoder(spec, {"item": IdMap("item", pa.array([10, 11, 12])),
+                                    "user": IdMap("user", pa.array([100, 101, 102, 103]))},
+                             np.array([0, 0, 2, 2, 1]), tables, {}, {})
+    encoded = encoder.encode([Request([10, 12], [11], 101), Request([], [10], {"id": 100, "emb": [0.5, 1, 2]})],
+                             ["a", "b"])
+    np.testing.assert_array_equal(encoded.batch.profile["emb"].numpy(), [[9, 10, 11], [0.5, 1, 2]])  # user 101 = id 3
+    np.testing.assert_array_equal(encoded.batch.profile["age"].numpy(), [3, 2])
+    assert encoded.batch.hist_category.tolist() == [[2, 1, 0, 0], [0, 0, 0, 0]]
+    for value, message in (([1, float("nan"), 2], r"b.user.emb: the vector holds NaN or infinite values at "
+                                                    r"positions \[1\]"),
+                           ([1, 2], r"b.user.emb: expected a vector of 3 floats, got \(2,\)"),
+                           ("abc", r"b.user.emb: expected a vector of 3 floats"),
+                           ([1, float("inf"), 2], r"positions \[1\]")):
+        with pytest.raises(RequestError, match=message):
+            encoder.encode([Request([], [10], {"id": 100, "emb": value})], ["b"])
+    with pytest.raises(RequestError, match=r"b.user.age: inf is not finite"):
+        encoder.encode([Request([], [10], {"age": float("inf")})], ["b"])
