@@ -271,3 +271,16 @@ def test_dense_and_number_profile_values_reach_the_batch_and_nan_is_refused():
             encoder.encode([Request([], [10], {"id": 100, "emb": value})], ["b"])
     with pytest.raises(RequestError, match=r"b.user.age: inf is not finite"):
         encoder.encode([Request([], [10], {"age": float("inf")})], ["b"])
+
+
+def test_the_traced_path_under_concurrent_callers_of_several_shapes(trained, scorer):
+    ds, _, artifact = trained
+    requests, _ = raw_requests(ds)
+    traced = Scorer.load(artifact, compiled="trace")
+    calls = [requests[i:i + 1 + i % 3] for i in range(24)]          # 1, 2 or 3 users: several traced shapes
+    expected = [scorer.score_many(c) for c in calls]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(traced.score_many, calls))
+    for want, have in zip(expected, got):
+        for a, b in zip(want, have):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
