@@ -118,6 +118,7 @@ def run(args) -> dict:
         "name": args.name, "runs": {k: str(v) for k, v in runs.items()},
         "dataset": str(dataset.path), "split": "test", "users": users, "every": args.every,
         "retrieve_n": args.retrieve_n, "coarse_m": args.coarse_m if args.coarse else None, "final": args.final,
+        "models": {stage: _model_class(run) for stage, run in runs.items()},
         "vocabularies": {stage: run_vocabularies(run) for stage, run in runs.items()},
         "metrics": {name: {k: v for k, v in mean_of_sums(s).items() if k.startswith(("hr@", "ndcg@")) and
                            int(k.split("@")[1]) in KS} for name, s in sums.items()},
@@ -135,37 +136,67 @@ def run(args) -> dict:
     return out
 
 
+def _model_class(run) -> str:
+    return json.loads((Path(run) / "model.json").read_text())["class_path"].rsplit(".", 1)[-1]
+
+
 def _add(total: dict, part: dict) -> None:
     for key, value in part.items():
         total[key] = total.get(key, 0.0) + value
 
 
+def _rows(result: dict) -> dict:
+    """{row label: variant} of one result, the ranking stages named by their model."""
+    models = result.get("models") or {stage: _model_class(run) for stage, run in result["runs"].items()}
+    out = {}
+    for variant in result["metrics"]:
+        label = variant.replace("coarse", f"coarse {models.get('coarse', '')} top {result['coarse_m']}"
+                                if variant.endswith("coarse+fine") else f"coarse {models.get('coarse', '')}")
+        label = label.replace("fine", f"fine {models['fine']}")
+        out[label] = variant
+    return out
+
+
 def table(paths, docs: Path) -> str:
+    """Results of any number of runs → one table per dataset: a row per cascade (ranking
+    stages named by model), mean ± std over the seeds that have it (the retrieval row of a
+    seed is the same in all its results: taken once)."""
     from bench.docs_section import write_section
     results = [json.loads(Path(p).read_text()) for p in paths]
     groups = {}
     for r in results:
-        groups.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
+        groups.setdefault(r["dataset"], []).append(r)
     lines = []
-    for group, rs in groups.items():
+    for dataset, rs in groups.items():
+        cells, speeds, recall, coarse_recall = {}, {}, {}, {}
+        for r in rs:
+            seed = r["name"].rsplit("_seed", 1)[-1]
+            for label, variant in _rows(r).items():
+                cells.setdefault(label, {})[seed] = r["metrics"][variant]
+                speeds.setdefault(label, []).append(r["users_per_second"][variant])
+            recall[seed] = r["candidate_recall"]["hr@retrieve_n"]
+            if r["candidate_recall"].get("hr@coarse_m") is not None:
+                model = (r.get("models") or {}).get("coarse") or _model_class(r["runs"]["coarse"])
+                coarse_recall.setdefault(model, []).append(r["candidate_recall"]["hr@coarse_m"])
         first = rs[0]
-        lines += [f"**{group}**: {len(rs)} seed(s), {first['users']} loo test users each (every {first['every']}"
-                  f"{'th' if first['every'] > 1 else ''} user), retrieve_n = {first['retrieve_n']}, coarse_m = "
-                  f"{first['coarse_m']}, final list {first['final']}; runs of seed 0: " +
-                  ", ".join(f"{k} `{v}`" for k, v in first["runs"].items()) + ".", "",
-                  "| cascade | HR@10 | NDCG@10 | HR@20 | NDCG@20 | users/s (1 thread) |", "|---|---|---|---|---|---|"]
-        for variant in first["metrics"]:
-            cells = []
+        users = sorted({r["users"] for r in rs})
+        lines += [f"**{Path(dataset).name}** (retrieval {first.get('models', {}).get('retrieval', 'model')} trained "
+                  f"on this loo build; rankers on the din build of the same file, same vocabularies): "
+                  f"{'/'.join(map(str, users))} test users (every {first['every']}"
+                  f"{'nd' if first['every'] == 2 else 'th' if first['every'] > 2 else ''} user), "
+                  f"retrieve_n = {first['retrieve_n']}, final list {first['final']}.", "",
+                  "| cascade | seeds | HR@10 | NDCG@10 | HR@20 | NDCG@20 | users/s (1 thread) |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, by_seed in cells.items():
+            row = []
             for metric in ("hr@10", "ndcg@10", "hr@20", "ndcg@20"):
-                values = np.array([r["metrics"][variant][metric] for r in rs])
-                cells.append(f"{values.mean():.4f}" + (f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""))
-            speed = np.mean([r["users_per_second"][variant] for r in rs])
-            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {speed:.0f} |")
-        recall = [r["candidate_recall"]["hr@retrieve_n"] for r in rs]
-        lines += ["", f"Candidate recall HR@{first['retrieve_n']} (the ceiling of every ranking stage): "
-                  f"{np.mean(recall):.4f}" + (f"; after the coarse stage HR@{first['coarse_m']}: "
-                                               f"{np.mean([r['candidate_recall']['hr@coarse_m'] for r in rs]):.4f}"
-                                               if first["coarse_m"] else "") + ".", ""]
+                values = np.array([m[metric] for m in by_seed.values()])
+                row.append(f"{values.mean():.4f}" + (f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""))
+            lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(row) + f" | {np.mean(speeds[label]):.0f} |")
+        lines += ["", f"Candidate recall HR@{first['retrieve_n']} of the retrieval list (the ceiling of every "
+                  f"ranking stage): {np.mean(list(recall.values())):.4f}" +
+                  "".join(f"; HR@{first['coarse_m']} after the {model} coarse stage: {np.mean(v):.4f}"
+                          for model, v in coarse_recall.items()) + ".", ""]
     lines.append("Commands: " + "; ".join(f"`{r['command']}`" for r in results) +
                  "; then `python bench/cascade_results.py table " + " ".join(str(p) for p in paths) + "`.")
     body = "\n".join(lines)

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the format of `recsys retrieve`) in chunks and writes OUT (user, rank, item, score, one "
                        "score column per stage, fallback) atomically; a killed run resumes when started again with "
                        "the same arguments. See docs/cascade.md.")
-    p.add_argument("config", help="recommend config YAML (configs/cascade_*.yaml)")
+    p.add_argument("config", help="recommend config YAML (configs/cascade/*.yaml)")
     p.add_argument("--users", required=True, help="users Parquet file")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -15,6 +15,7 @@ def _result(path: Path, seed: int, hr20: float) -> Path:
     metrics = {"hr@10": hr20 / 2, "ndcg@10": hr20 / 4, "hr@20": hr20, "ndcg@20": hr20 / 3}
     path.write_text(json.dumps({
         "name": f"beauty_seed{seed}", "runs": {"retrieval": "runs/r", "fine": "runs/f"}, "users": 100, "every": 2,
+        "dataset": "runs/data/amazon_beauty_loo", "models": {"retrieval": "SASRec", "fine": "DIN"},
         "retrieve_n": 500, "coarse_m": None, "final": 20,
         "metrics": {"retrieval": metrics, "retrieval+fine": {k: v / 2 for k, v in metrics.items()}},
         "candidate_recall": {"hr@retrieve_n": 0.3, "hr@coarse_m": None},
@@ -28,8 +29,8 @@ def test_table_averages_seeds_and_writes_only_its_section(tmp_path):
     docs.write_text("# Results\n\nkept text\n")
     paths = [_result(tmp_path / f"s{s}.json", s, hr) for s, hr in ((0, 0.06), (1, 0.08))]
     body = table(paths, docs)
-    assert "| retrieval | 0.0350 ± 0.0071 | 0.0175 ± 0.0035 | 0.0700 ± 0.0141 | 0.0233 ± 0.0047 | 1000 |" in body
-    assert "| retrieval+fine | 0.0175 ± 0.0035 |" in body and "2 seed(s), 100 loo test users" in body
+    assert "| retrieval | 2 | 0.0350 ± 0.0071 | 0.0175 ± 0.0035 | 0.0700 ± 0.0141 | 0.0233 ± 0.0047 | 1000 |" in body
+    assert "| retrieval+fine DIN | 2 | 0.0175 ± 0.0035 |" in body and "100 test users (every 2nd user)" in body
     text = docs.read_text()
     assert text.startswith("# Results\n\nkept text\n") and "<!-- BEGIN cascade" in text and "<!-- END cascade -->" in text
     table(paths[:1], docs)                               # rewritten in place, not appended twice

@@ -210,7 +210,7 @@ def test_recommend_command_and_config_file(runs, tmp_path, capsys):
 
 
 def test_shipped_cascade_configs_parse():
-    for path in sorted(Path(__file__).parents[1].glob("configs/cascade_*.yaml")):
+    for path in sorted(Path(__file__).parents[1].glob("configs/cascade/*.yaml")):
         config = load_recommend_config(path)
         assert config.runs["retrieval"].parts[0] == "runs" and RecommendConfig.from_dict(config.to_dict()) == config
-    assert len(sorted(Path(__file__).parents[1].glob("configs/cascade_*.yaml"))) >= 1
+    assert len(sorted(Path(__file__).parents[1].glob("configs/cascade/*.yaml"))) >= 1

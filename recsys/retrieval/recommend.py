@@ -11,7 +11,7 @@ users and users without history get the most popular unseen items through every 
 ``fallback`` = true), parts written per chunk and resumed after a kill, the output complete
 or absent, a progress bar.
 
-**Config** (YAML, :class:`RecommendConfig`; ``configs/cascade_*.yaml``); a ranking stage
+**Config** (YAML, :class:`RecommendConfig`; ``configs/cascade/*.yaml``); a ranking stage
 is switched off by one line, ``coarse: null`` / ``fine: null`` (``--set coarse=null``)::
 
     retrieval:
