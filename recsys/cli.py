@@ -66,7 +66,8 @@ def cmd_report(args) -> None:
 
 def cmd_quickstart(args) -> None:
     from .quickstart import run_quickstart
-    report = run_quickstart(Path(args.out), rows=args.rows, epochs=args.epochs, progress=not args.quiet)
+    report = run_quickstart(Path(args.out), rows=args.rows, epochs=args.epochs, progress=not args.quiet,
+                            cascade=not args.rankers_only)
     print(f"\nreport: {report.resolve()}")
     print(report.with_name("report.md").read_text())
 
@@ -189,14 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      "build data, train, evaluate and report.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("quickstart", help="generate data, train DIN / pooled baseline / FinalMLP, write the report",
+    p = sub.add_parser("quickstart", help="the whole platform on generated data: rankers, retrieval, cascade, "
+                       "serving artifact, report",
                        description="Runs the main job end to end on built-in generated data (no download): "
-                       "generates UserBehavior-layout logs with planted interests, builds DIN-protocol samples, "
-                       "trains DIN, its pooled-history baseline and FinalMLP on CPU, evaluates on test, writes "
-                       "an HTML report.")
+                       "generates UserBehavior-layout logs with planted interests; trains the pooled-history "
+                       "baseline, DIN, FinalMLP and HCN on DIN-protocol samples; trains ComiRec-SA on the "
+                       "leave-one-out samples of the same events beside popularity and co-occurrence baselines; "
+                       "builds the FAISS index, runs the cascade (retrieval, + DIN, + HCN + DIN) for the test "
+                       "users, exports the serving artifact and answers one request through recsys.serving; "
+                       "writes an HTML report with every number.")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--rows", type=int, default=600_000, help="generated events (default: 600000)")
     p.add_argument("--epochs", type=int, default=1, help="training epochs per model (default: 1)")
+    p.add_argument("--rankers-only", action="store_true",
+                   help="stop after the rankers (no retrieval, cascade or serving step)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
 
