@@ -128,7 +128,7 @@ def run(args) -> dict:
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "users_per_second": {k: round(users / max(v, 1e-9), 1) for k, v in seconds.items()},
         "stats": stats, "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
-        "command": "python bench/cascade_results.py " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+        "command": "python bench/cascade_results.py " + " ".join(sys.argv[1:]),
     }
     path = ROOT / "bench" / "results" / f"cascade_{args.name}.json"
     path.write_text(json.dumps(out, indent=2))
@@ -150,10 +150,12 @@ def _rows(result: dict) -> dict:
     models = result.get("models") or {stage: _model_class(run) for stage, run in result["runs"].items()}
     out = {}
     for variant in result["metrics"]:
-        label = variant.replace("coarse", f"coarse {models.get('coarse', '')} top {result['coarse_m']}"
-                                if variant.endswith("coarse+fine") else f"coarse {models.get('coarse', '')}")
-        label = label.replace("fine", f"fine {models['fine']}")
-        out[label] = variant
+        stages = [f"retrieval top {result['retrieve_n'] if variant != 'retrieval' else result['final']}"]
+        if "coarse" in variant:
+            stages.append(f"{models.get('coarse')} top {result['coarse_m'] if 'fine' in variant else result['final']}")
+        if "fine" in variant:
+            stages.append(f"{models['fine']} top {result['final']}")
+        out[" → ".join(stages)] = variant
     return out
 
 
@@ -180,7 +182,8 @@ def table(paths, docs: Path) -> str:
                 coarse_recall.setdefault(model, []).append(r["candidate_recall"]["hr@coarse_m"])
         first = rs[0]
         users = sorted({r["users"] for r in rs})
-        lines += [f"**{Path(dataset).name}** (retrieval {first.get('models', {}).get('retrieval', 'model')} trained "
+        retrieval = (first.get("models") or {}).get("retrieval") or _model_class(first["runs"]["retrieval"])
+        lines += [f"**{Path(dataset).name}** (retrieval {retrieval} trained "
                   f"on this loo build; rankers on the din build of the same file, same vocabularies): "
                   f"{'/'.join(map(str, users))} test users (every {first['every']}"
                   f"{'nd' if first['every'] == 2 else 'th' if first['every'] > 2 else ''} user), "

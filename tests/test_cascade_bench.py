@@ -29,8 +29,8 @@ def test_table_averages_seeds_and_writes_only_its_section(tmp_path):
     docs.write_text("# Results\n\nkept text\n")
     paths = [_result(tmp_path / f"s{s}.json", s, hr) for s, hr in ((0, 0.06), (1, 0.08))]
     body = table(paths, docs)
-    assert "| retrieval | 2 | 0.0350 ± 0.0071 | 0.0175 ± 0.0035 | 0.0700 ± 0.0141 | 0.0233 ± 0.0047 | 1000 |" in body
-    assert "| retrieval+fine DIN | 2 | 0.0175 ± 0.0035 |" in body and "100 test users (every 2nd user)" in body
+    assert "| retrieval top 20 | 2 | 0.0350 ± 0.0071 | 0.0175 ± 0.0035 | 0.0700 ± 0.0141 | 0.0233 ± 0.0047 | 1000 |" in body
+    assert "| retrieval top 500 → DIN top 20 | 2 | 0.0175 ± 0.0035 |" in body and "100 test users (every 2nd user)" in body
     text = docs.read_text()
     assert text.startswith("# Results\n\nkept text\n") and "<!-- BEGIN cascade" in text and "<!-- END cascade -->" in text
     table(paths[:1], docs)                               # rewritten in place, not appended twice
