@@ -11,7 +11,8 @@ earlier items left out (S3-Rec / ICLRec masking, as the retrieval evaluator does
 * ``retrieval+coarse+fine``: the coarse ranker keeps ``coarse_m``, the fine ranker orders those.
 
 Also the candidate recall (HR@retrieve_n, HR@coarse_m: the ceiling of the later stages) and
-the time each variant took. One JSON per seed (``bench/results/cascade_<name>.json``).
+the time each variant took; the scoring is :func:`recsys.cascade_evaluation.evaluate_cascades`
+(shared with ``recsys quickstart``). One JSON per seed (``bench/results/cascade_<name>.json``).
 
 ``table``: the JSONs → mean ± std over seeds → the ``cascade`` section of docs/results.md.
 
@@ -34,9 +35,7 @@ import numpy as np
 import torch
 
 from recsys.cascade import Cascade, CascadeConfig, check_same_vocabulary, run_vocabularies
-from recsys.data_pipelines.loader import SampleLoader
-from recsys.full_ranking import SplitTruth
-from recsys.metrics import distinct_truth_counts, mean_of_sums, retrieval_sums, topk_hits
+from recsys.cascade_evaluation import evaluate_cascades
 from recsys.runner import load_config, open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,55 +78,24 @@ def run(args) -> dict:
         variants[name] = Cascade(stages.retrieval_model, stages.index, stages.coarse if use_coarse else None,
                                  stages.fine if use_fine else None, item_category=dataset.item_category,
                                  popularity=popularity, config=config)
-    truth_of = SplitTruth(dataset, "test")
-    ks = KS + (args.retrieve_n,)
-    sums = {name: {} for name in variants}
-    recall = {"retrieval@n": {}, "coarse@m": {}}
-    seconds = {name: 0.0 for name in variants}
-    stats = {name: {} for name in variants}
-    users = 0
-    loader = SampleLoader(dataset, "test", args.batch_size, max_length=stages.max_length)
-    for batch in loader:
-        index = batch.sample_index.numpy()
-        keep = np.flatnonzero(index % args.every == 0)
-        if not len(keep):
-            continue
-        batch = batch.take(torch.from_numpy(keep))
-        index = index[keep]
-        truth = truth_of.truth(index)
-        seen = truth_of.seen(index, truth)
-        counts = distinct_truth_counts(truth)
-        users += len(index)
-        for name, cascade in variants.items():
-            started = time.perf_counter()
-            result = cascade.run(batch, seen)
-            seconds[name] += time.perf_counter() - started
-            for key, value in result.stats.items():
-                stats[name][key] = stats[name].get(key, 0) + value
-            top = result.final.items[:, :max(KS)]
-            _add(sums[name], retrieval_sums(topk_hits(top, truth), counts, KS))
-            if name == "retrieval":
-                _add(recall["retrieval@n"], retrieval_sums(topk_hits(result.retrieval.items, truth), counts,
-                                                          (args.retrieve_n,)))
-            if name == "retrieval+coarse+fine":
-                _add(recall["coarse@m"], retrieval_sums(topk_hits(result.coarse.items, truth), counts,
-                                                       (args.coarse_m,)))
-        if args.progress:
-            print(f"{users} users, {sum(seconds.values()):.0f} s", file=sys.stderr, flush=True)
+    rows = evaluate_cascades(dataset, variants, "test", KS, args.batch_size, args.every)
+    users = rows["retrieval"]["users"]
+    full = "retrieval+coarse+fine"
+    recall = {"hr@retrieve_n": rows["retrieval"]["candidate_recall"][f"retrieval@{args.retrieve_n}"],
+              "hr@coarse_m": rows[full]["candidate_recall"][f"coarse@{args.coarse_m}"] if full in rows else None}
     out = {
         "name": args.name, "runs": {k: str(v) for k, v in runs.items()},
         "dataset": str(dataset.path), "split": "test", "users": users, "every": args.every,
         "retrieve_n": args.retrieve_n, "coarse_m": args.coarse_m if args.coarse else None, "final": args.final,
         "models": {stage: _model_class(run) for stage, run in runs.items()},
         "vocabularies": {stage: run_vocabularies(run) for stage, run in runs.items()},
-        "metrics": {name: {k: v for k, v in mean_of_sums(s).items() if k.startswith(("hr@", "ndcg@")) and
-                           int(k.split("@")[1]) in KS} for name, s in sums.items()},
-        "candidate_recall": {"hr@retrieve_n": mean_of_sums(recall["retrieval@n"]).get(f"hr@{args.retrieve_n}"),
-                             "hr@coarse_m": mean_of_sums(recall["coarse@m"]).get(f"hr@{args.coarse_m}")
-                             if recall["coarse@m"] else None},
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "users_per_second": {k: round(users / max(v, 1e-9), 1) for k, v in seconds.items()},
-        "stats": stats, "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
+        "metrics": {name: {k: v for k, v in row.items() if k.startswith(("hr@", "ndcg@"))}
+                    for name, row in rows.items()},
+        "candidate_recall": recall,
+        "seconds": {name: round(row["seconds"], 2) for name, row in rows.items()},
+        "users_per_second": {name: row["users_per_second"] for name, row in rows.items()},
+        "stats": {name: row["stats"] for name, row in rows.items()}, "threads": args.threads,
+        "torch": torch.__version__, "machine": platform.machine(),
         "command": "python bench/cascade_results.py " + " ".join(sys.argv[1:]),
     }
     path = ROOT / "bench" / "results" / f"cascade_{args.name}.json"
@@ -138,11 +106,6 @@ def run(args) -> dict:
 
 def _model_class(run) -> str:
     return json.loads((Path(run) / "model.json").read_text())["class_path"].rsplit(".", 1)[-1]
-
-
-def _add(total: dict, part: dict) -> None:
-    for key, value in part.items():
-        total[key] = total.get(key, 0.0) + value
 
 
 def _rows(result: dict) -> dict:
