@@ -65,7 +65,9 @@ def aggregate(runs: dict) -> list:
 
 def markdown(rows: list, command: str) -> str:
     def fmt(d: dict) -> str:   # GAUC is undefined when every test user has one sample (MovieLens din protocol)
-        return f"{d['mean']:.4f} ± {d['std']:.4f}" if np.isfinite(d["mean"]) else "n/a"
+        if not np.isfinite(d["mean"]):
+            return "n/a"
+        return f"{d['mean']:.4f} ± {d['std']:.4f}" if len(d["values"]) > 1 else f"{d['mean']:.4f} (1 seed)"
     lines = [f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} CPU "
              "(a shared 2-core box; samples/s are indicative only). Command:", "", "```", command, "```", "",
              "| config | dataset | seeds | test AUC | test GAUC | test logloss | valid AUC | best epochs | "
@@ -91,12 +93,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "results")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--update-docs", action="store_true", help="rewrite the table in docs/results.md")
+    parser.add_argument("--existing-only", action="store_true",
+                        help="train nothing: aggregate the finished runs of each config (the seeds that exist)")
     args = parser.parse_args(argv)
     import yaml
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     runs = {}
     for config in args.configs:
         for seed in args.seeds:
+            if args.existing_only and not (args.out / f"{config.stem}_seed{seed}" / "metrics.json").exists():
+                continue
             run_dir = run_one(config, seed, args.out, overrides)
             runs.setdefault(config.stem, []).append(run_dir)
             print(f"{run_dir}: test AUC {json.loads((run_dir / 'metrics.json').read_text())['splits']['test']['auc']:.4f}",
@@ -108,7 +114,7 @@ def main(argv=None) -> int:
     (results / "real_data_results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     from recsys.report import write_report
     report = write_report([d for dirs in runs.values() for d in dirs], args.out / "report",
-                          title="DIN and FinalMLP on real data")
+                          title="Ranking models on real data")
     table = markdown(rows, command)
     print(table)
     print(f"report: {report}")
