@@ -278,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retrieve)
 
     p = sub.add_parser("recommend", help="the cascade in batch: users -> retrieval -> coarse -> fine ranked lists",
-                       description="Runs the recommendation cascade of CONFIG (YAML: runs.retrieval / coarse / fine, "
-                       "index, chunk_users, threads, cascade: retrieve_n, coarse_m, fine_n, ...) over the users file "
+                       description="Runs the recommendation cascade of CONFIG (YAML: retrieval: {run, index, n, ...}, "
+                       "coarse: {run, m} or null, fine: {run, n} or null, chunk_users, threads) over the users file "
                        "(the format of `recsys retrieve`) in chunks and writes OUT (user, rank, item, score, one "
                        "score column per stage, fallback) atomically; a killed run resumes when started again with "
                        "the same arguments. See docs/cascade.md.")
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", required=True, help="users Parquet file")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set cascade.fine_n=10 or --set runs.coarse=null (repeatable)")
+                   help="override a config value, e.g. --set fine.n=10 or --set coarse=null (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_recommend)

@@ -93,9 +93,9 @@ class RecommendConfig:
         for stage, run, size in (("coarse", self.coarse_run, self.cascade.coarse_m),
                                  ("fine", self.fine_run, self.cascade.fine_n)):
             if (run is None) != (size is None):
-                key = "coarse_m" if stage == "coarse" else "fine_n"
-                raise ConfigError(f"runs.{stage} and cascade.{key} go together (a stage is off when both are "
-                                  f"null); got runs.{stage} = {run!r}, cascade.{key} = {size!r}")
+                key = "m" if stage == "coarse" else "n"
+                raise ConfigError(f"{stage}.run and {stage}.{key} go together (the stage is off when {stage} is "
+                                  f"null); got {stage}.run = {run!r}, {stage}.{key} = {size!r}")
 
     @property
     def runs(self) -> Dict[str, Path]:
