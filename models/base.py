@@ -75,12 +75,7 @@ class RankingModel(_ItemSideFields, nn.Module):
         override this to compute it once per user. The caller chooses train/eval mode and
         grad mode (the cascade and the scorer use eval mode under ``inference_mode``).
         """
-        items = candidates["item"]
-        if items.dim() != 2 or items.shape[0] != batch.size:
-            raise ValueError(f"candidates['item'] must be [B={batch.size}, M], got {tuple(items.shape)}")
-        missing = sorted(set(batch.target) - set(candidates))
-        if missing:
-            raise ValueError(f"candidates lack the target fields {missing}")
+        items = check_candidates(batch, candidates)
         users, per_user = items.shape
         if users == 0 or per_user == 0:
             return items.new_zeros(items.shape, dtype=torch.float32)
@@ -94,6 +89,18 @@ class RankingModel(_ItemSideFields, nn.Module):
                                 label=part.label.new_zeros(rows.numel()), sample_index=None)
             out.append(self(part).logit.reshape(stop - start, per_user))
         return torch.cat(out)
+
+
+def check_candidates(batch: Batch, candidates: Mapping[str, Tensor]) -> Tensor:
+    """``candidates["item"]`` [B, M] after checking it fits ``batch`` and carries every target
+    field (what every ``score_candidates`` needs); ValueError naming what is wrong."""
+    items = candidates["item"]
+    if items.dim() != 2 or items.shape[0] != batch.size:
+        raise ValueError(f"candidates['item'] must be [B={batch.size}, M], got {tuple(items.shape)}")
+    missing = sorted(set(batch.target) - set(candidates))
+    if missing:
+        raise ValueError(f"candidates lack the target fields {missing}")
+    return items
 
 
 @dataclass

@@ -95,7 +95,7 @@ from torch import Tensor, nn
 from recsys.contract import Batch
 from recsys.errors import ConfigError
 
-from .base import FeatureSpec, RankingModel, RankingOutput
+from .base import FeatureSpec, RankingModel, RankingOutput, check_candidates
 from .inputs import embed_fields, profile_embedding, user_and_context_fields
 from .layers.embedding import BehaviorEmbedding
 from .layers.mlp import MLP
@@ -345,12 +345,7 @@ class HCN(RankingModel):
         """Logits of M candidates per user, [B, M], equal to ``forward`` on each (user,
         candidate) row; the user side runs once per user, the candidates in chunks of at most
         ``max_rows`` (user, candidate) pairs."""
-        items = candidates["item"]
-        if items.dim() != 2 or items.shape[0] != batch.size:
-            raise ValueError(f"candidates['item'] must be [B={batch.size}, M], got {tuple(items.shape)}")
-        missing = sorted(set(batch.target) - set(candidates))
-        if missing:
-            raise ValueError(f"candidates lack the target fields {missing}")
+        items = check_candidates(batch, candidates)
         users, per_user = items.shape
         if users == 0 or per_user == 0:
             return items.new_zeros(items.shape, dtype=torch.float32)

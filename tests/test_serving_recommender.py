@@ -12,33 +12,11 @@ import pytest
 import torch
 
 from recsys.cascade import CascadeConfig
-from recsys.config import parse_config
-from recsys.data_pipelines.build import build_dataset
-from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource
 from recsys.data_pipelines.dataset import BuiltDataset
 from recsys.errors import CheckpointError, ConfigError
 from recsys.retrieval.recommend import RecommendConfig, recommend
-from recsys.runner import fit
 from recsys.serving import Recommender, RequestError, Scorer, export_artifact
-
-SOURCE = dict(n_rows=4000, n_items=200, n_categories=8, mean_events=20.0, interests_per_user=2)
-
-
-def _build(root: Path, name: str, protocol: str, **source) -> Path:
-    return build_dataset(DataConfig(output=str(root / name), source=SourceConfig(
-        format="synthetic", synthetic=SyntheticSource(**{**SOURCE, **source})),
-        protocol=ProtocolConfig(name=protocol, max_length=20)), progress=False)
-
-
-def _fit(data: Path, out: Path, model: str, init_args: dict, retrieval: bool) -> Path:
-    raw = {"name": out.name, "output_dir": str(out), "seed": 0,
-           "data": {"path": str(data), "batch_size": 256, "eval_batch_size": 512},
-           "model": {"class_path": model, "init_args": init_args}, "optimizer": {"lr": 0.01},
-           "trainer": {"max_epochs": 1, "limit_train_batches": 6, "enable_progress_bar": False, "num_threads": 1}}
-    if retrieval:
-        raw["retrieval"] = {"num_negatives": 50}
-    return fit(parse_config(raw), progress=False)
-
+from tests.cascade_fixtures import build as _build, fit_run as _fit
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
