@@ -39,7 +39,7 @@ by ``fallback_ranking``:
 **Vocabulary.** Every stage's model must be built on the retrieval model's item (and
 category, user) vocabulary: the ranking models embed the same item ids.
 :meth:`Cascade.from_runs` compares the runs' vocabulary fingerprints
-(``data_fingerprint.json``, :func:`recsys.retrieval.index.run_identity`) before loading
+(``data_fingerprint.json``, :func:`recsys.run_fingerprint.read_data_fingerprint`) before loading
 any weights and refuses a mismatch with a one-line :class:`ConfigError`.
 
 Each model sees the last ``features.max_length`` behaviours of the batch's history (the
@@ -53,7 +53,6 @@ Lightning, pandas or pyarrow, so serving imports it (a test checks ``sys.modules
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
@@ -63,7 +62,8 @@ import torch
 
 from recsys.contract import Batch
 from recsys.errors import ConfigError, NonFiniteLossError
-from recsys.retrieval.index import FIRST_ITEM, ItemIndex, run_identity
+from recsys.retrieval.index import FIRST_ITEM, ItemIndex
+from recsys.run_fingerprint import read_data_fingerprint
 from recsys.retrieval.search import Candidates, Seen, _seen_mask, multi_interest_search
 
 STAGES = ("retrieval", "coarse", "fine")
@@ -348,16 +348,9 @@ class Cascade:
 # ---------------------------------------------------------------------- vocabulary check
 def run_vocabularies(run_dir: Path) -> Dict[str, Optional[str]]:
     """{item, category, user: vocabulary fingerprint (sha256) or None} of a finished run."""
-    identity = run_identity(run_dir)
-    out = {"item": identity["item_vocabulary"], "category": None, "user": None}
-    path = Path(run_dir) / "data_fingerprint.json"
-    if path.exists():
-        try:
-            prints = json.loads(path.read_text())["vocab_fingerprint"]
-            out["category"], out["user"] = prints.get("category.parquet"), prints.get("user.parquet")
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"{path}: not readable ({exc!r}); the run directory is damaged") from None
-    return out
+    stamp = read_data_fingerprint(run_dir)
+    prints = {} if stamp is None else stamp["vocab_fingerprint"]
+    return {name: prints.get(f"{name}.parquet") for name in ("item", "category", "user")}
 
 
 def check_same_vocabulary(runs: Mapping[str, Path]) -> None:

@@ -24,6 +24,7 @@ from typing import Optional
 import yaml
 
 from recsys.errors import CheckpointError, ConfigError, RecsysError
+from recsys.run_fingerprint import DATA_FINGERPRINT, read_data_fingerprint
 
 LAST_CHECKPOINT = "last"
 # what fit writes into a run directory (removed by overwrite, metrics first)
@@ -149,7 +150,6 @@ def describe_interrupt(out: Path, exc: BaseException, epoch: Optional[int] = Non
 
 
 # ---------------------------------------------------------------- which data a run was trained on
-DATA_FINGERPRINT = "data_fingerprint.json"
 
 
 def _dataset_fingerprint(dataset) -> dict:
@@ -170,14 +170,10 @@ def check_same_vocabulary(run_dir: Path, dataset) -> None:
     """A dataset rebuilt since training can have the same sizes but other id assignments:
     scoring the model on it would report numbers of another model. Runs from before the
     stamp existed are not checked (only their sizes are)."""
-    import json
-    path = Path(run_dir) / DATA_FINGERPRINT
-    if not path.exists():
+    stamp = read_data_fingerprint(run_dir)
+    if stamp is None:
         return
-    try:
-        saved = json.loads(path.read_text())["vocab_fingerprint"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not readable ({exc}); the run directory is damaged") from None
+    saved = stamp["vocab_fingerprint"]
     current = _dataset_fingerprint(dataset)
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if differ:

@@ -29,21 +29,18 @@ import numpy as np
 
 from recsys.artifacts import MODEL_JSON, WEIGHTS, load_model, read_model_json
 from recsys.errors import CheckpointError, ConfigError
+from recsys.run_fingerprint import read_data_fingerprint
 from recsys.retrieval.index import (IndexConfig, build_index, file_sha256, index_path, item_vectors, load_run_index,
                                     run_identity, save_index)
 
 from .artifact import FEATURES, FORMAT, FORMAT_VERSION, MANIFEST, safe_model_class
 
 def _fingerprint(run: Path) -> dict:
-    path = run / "data_fingerprint.json"
-    if not path.exists():
-        raise CheckpointError(f"{run}: no data_fingerprint.json (a run from before vocabulary stamps); its data cannot "
-                              "be identified for export: retrain it")
-    try:
-        saved = json.loads(path.read_text())
-        return {"dataset": saved["dataset"], "vocab_fingerprint": dict(saved["vocab_fingerprint"])}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not readable ({exc!r}); the run directory is damaged") from None
+    saved = read_data_fingerprint(run)
+    if saved is None or "dataset" not in saved:
+        raise CheckpointError(f"{run}: no data_fingerprint.json with its dataset (a run from before vocabulary "
+                              "stamps); its data cannot be identified for export: retrain it")
+    return {"dataset": saved["dataset"], "vocab_fingerprint": dict(saved["vocab_fingerprint"])}
 
 
 def _check_runs(runs: Dict[str, Path]) -> Tuple[Dict[str, dict], dict]:

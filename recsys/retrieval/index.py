@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from recsys.errors import CheckpointError, ConfigError, NonFiniteLossError
+from recsys.run_fingerprint import read_data_fingerprint
 
 FIRST_ITEM = 2                 # ids 0 (padding) and 1 (unknown) are not indexed
 METRIC = "inner_product"
@@ -355,16 +356,9 @@ def run_identity(run_dir: Union[str, Path]) -> dict:
     weights = run_dir / "model.safetensors"
     if not weights.exists():
         raise CheckpointError(f"{run_dir} is not a finished run: model.safetensors is missing")
-    identity = {"model_sha256": file_sha256(weights)}
-    fingerprint = run_dir / "data_fingerprint.json"
-    vocabulary = None
-    if fingerprint.exists():
-        try:
-            vocabulary = json.loads(fingerprint.read_text())["vocab_fingerprint"].get("item.parquet")
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{fingerprint}: not readable ({exc!r}); the run directory is damaged") from None
-    identity["item_vocabulary"] = vocabulary
-    return identity
+    stamp = read_data_fingerprint(run_dir)
+    return {"model_sha256": file_sha256(weights),
+            "item_vocabulary": None if stamp is None else stamp["vocab_fingerprint"].get("item.parquet")}
 
 
 def build_run_index(run_dir: Union[str, Path], config: IndexConfig = IndexConfig(), name: Optional[str] = None,
