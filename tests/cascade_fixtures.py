@@ -1,10 +1,13 @@
-"""Tiny trained runs for the cascade and Recommender tests: one generated log built twice (the
-``loo`` build for retrieval, the ``din`` build for the rankers: the same vocabularies), models
-fitted through the real runner for a few batches."""
+"""Tiny trained runs for the retrieve / cascade / Recommender tests: one generated log built twice
+(the ``loo`` build for retrieval, the ``din`` build for the rankers: the same vocabularies),
+models fitted through the real runner for a few batches, and the users file the batch jobs read."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys.config import parse_config
 from recsys.data_pipelines.build import build_dataset
@@ -30,3 +33,13 @@ def fit_run(data: Path, out: Path, model: str, init_args: dict, retrieval: bool)
     if retrieval:
         raw["retrieval"] = {"num_negatives": 50}
     return fit(parse_config(raw), progress=False)
+
+
+def users_file(path: Path, users, histories=None) -> Path:
+    """A ``recsys retrieve`` / ``recsys recommend`` users file: raw ``user`` ids and, when given,
+    a ``history`` list of raw item ids per row (None = the user's timeline)."""
+    columns = {"user": pa.array(users)}
+    if histories is not None:
+        columns["history"] = pa.array(histories, type=pa.list_(pa.int64()))
+    pq.write_table(pa.table(columns), str(path))
+    return path

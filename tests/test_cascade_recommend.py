@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -19,7 +18,7 @@ from recsys.data_pipelines.dataset import BuiltDataset
 from recsys.errors import ConfigError
 from recsys.retrieval.batch import RetrieveOptions, read_summary, retrieve
 from recsys.retrieval.recommend import RecommendConfig, load_recommend_config, recommend
-from tests.cascade_fixtures import build as _build, fit_run as _fit
+from tests.cascade_fixtures import build as _build, fit_run as _fit, users_file
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -34,14 +33,6 @@ def runs(tmp_path_factory):
         "fine": _fit(din, root / "din", "DIN", {"item_dim": 8, "category_dim": 8, "attention_units": [8],
                                                "mlp_units": [16, 8]}, False),
     }
-
-
-def _users(path: Path, users, histories=None) -> Path:
-    columns = {"user": pa.array(users)}
-    if histories is not None:
-        columns["history"] = pa.array(histories, type=pa.list_(pa.int64()))
-    pq.write_table(pa.table(columns), str(path))
-    return path
 
 
 def _config(runs, coarse=True, fine=True, **cascade) -> RecommendConfig:
@@ -63,7 +54,7 @@ def test_recommend_writes_every_stage_with_its_scores_and_counted_fallbacks(runs
     unknown = max(dataset.vocabulary("user").raw.to_pylist()) + 100
     raw_items = dataset.vocabulary("item").raw.to_pylist()
     users = known + [unknown, unknown]
-    path = _users(tmp_path / "users.parquet", users, [None] * 9 + [None, raw_items[5:9]])
+    path = users_file(tmp_path / "users.parquet", users, [None] * 9 + [None, raw_items[5:9]])
     out = tmp_path / "recs.parquet"
     summary = recommend(_config(runs), path, out, progress=False)
     counts = summary["counts"]
@@ -104,7 +95,7 @@ def test_recommend_writes_every_stage_with_its_scores_and_counted_fallbacks(runs
 
 def test_stages_off_equal_recsys_retrieve(runs, tmp_path):
     dataset = BuiltDataset.open(runs["loo"])
-    path = _users(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:12])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:12])
     recommend(_config(runs, coarse=False, fine=False, retrieve_n=15), path, tmp_path / "recs.parquet", progress=False)
     retrieve(runs["retrieval"], path, tmp_path / "cands.parquet", RetrieveOptions(top_n=15), progress=False)
     recs, cands = pq.read_table(str(tmp_path / "recs.parquet")), pq.read_table(str(tmp_path / "cands.parquet"))
@@ -115,7 +106,7 @@ def test_stages_off_equal_recsys_retrieve(runs, tmp_path):
 
 def test_a_killed_recommend_resumes_and_equals_an_uninterrupted_one(runs, tmp_path):
     dataset = BuiltDataset.open(runs["loo"])
-    path = _users(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:14])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:14])
     whole = tmp_path / "whole.parquet"
     recommend(_config(runs), path, whole, progress=False)
 
@@ -142,7 +133,7 @@ def test_a_ranker_of_another_vocabulary_is_refused_before_any_work(runs, tmp_pat
     other_data = _build(tmp_path, "other", "din", n_items=150)
     other = _fit(other_data, tmp_path / "din_other", "DIN", {"item_dim": 4, "category_dim": 4}, False)
     dataset = BuiltDataset.open(runs["loo"])
-    path = _users(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:3])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:3])
     config = RecommendConfig(str(runs["retrieval"]), None, str(other), CascadeConfig(retrieve_n=10, fine_n=5))
     with pytest.raises(ConfigError, match="the fine model was trained on another item vocabulary"):
         recommend(config, path, tmp_path / "x.parquet", progress=False)
@@ -163,7 +154,7 @@ def test_a_ranker_of_another_vocabulary_is_refused_before_any_work(runs, tmp_pat
 
 def test_recommend_command_and_config_file(runs, tmp_path, capsys):
     dataset = BuiltDataset.open(runs["loo"])
-    path = _users(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:6])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:6])
     yaml_path = tmp_path / "cascade.yaml"
     yaml_path.write_text(f"retrieval: {{run: {runs['retrieval']}, n: 30}}\ncoarse: {{run: {runs['coarse']}, m: 12}}\n"
                          f"fine: {{run: {runs['fine']}, n: 5}}\nchunk_users: 4\nthreads: 1\n")

@@ -24,6 +24,7 @@ from recsys.retrieval.batch import RetrieveOptions, read_summary, retrieve
 from recsys.retrieval.index import IndexConfig, build_run_index, load_run_index
 from recsys.retrieval.search import multi_interest_search
 from recsys.runner import fit, load_run
+from tests.cascade_fixtures import users_file
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,6 @@ def trained(tmp_path_factory):
            "optimizer": {"lr": 0.01}, "retrieval": {"num_negatives": 100},
            "trainer": {"max_epochs": 1, "limit_train_batches": 8, "enable_progress_bar": False}}
     return fit(parse_config(raw), progress=False), BuiltDataset.open(data)
-
-
-def _users_file(path: Path, users, histories=None) -> Path:
-    columns = {"user": pa.array(users)}
-    if histories is not None:
-        columns["history"] = pa.array(histories, type=pa.list_(pa.int64()))
-    pq.write_table(pa.table(columns), str(path))
-    return path
 
 
 def test_exact_index_agrees_with_the_full_ranking_evaluator(trained):
@@ -96,7 +89,7 @@ def test_retrieve_raw_users_fallbacks_and_given_histories(trained, tmp_path):
     raw_items = dataset.vocabulary("item").raw.to_pylist()
     users = known + [unknown, unknown, known[0]]
     histories = [None] * 5 + [None, raw_items[:3] + [10 ** 9], []]      # given history; an empty one
-    path = _users_file(tmp_path / "users.parquet", users, histories)
+    path = users_file(tmp_path / "users.parquet", users, histories)
     out = tmp_path / "candidates.parquet"
     summary = retrieve(run, path, out, RetrieveOptions(top_n=30, chunk_users=3), progress=False)
     counts = summary["counts"]
@@ -123,7 +116,7 @@ def test_retrieve_raw_users_fallbacks_and_given_histories(trained, tmp_path):
 
 def test_a_killed_retrieve_resumes_and_equals_an_uninterrupted_one(trained, tmp_path):
     run, dataset = trained
-    path = _users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:20])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:20])
     whole = tmp_path / "whole.parquet"
     retrieve(run, path, whole, RetrieveOptions(top_n=10, chunk_users=6), progress=False)
 
@@ -149,7 +142,7 @@ def test_a_killed_retrieve_resumes_and_equals_an_uninterrupted_one(trained, tmp_
 
 def test_bad_users_files(trained, tmp_path):
     run, _ = trained
-    empty = _users_file(tmp_path / "empty.parquet", pa.array([], pa.int64()))
+    empty = users_file(tmp_path / "empty.parquet", pa.array([], pa.int64()))
     summary = retrieve(run, empty, tmp_path / "none.parquet", progress=False)
     assert summary["counts"]["users"] == 0 and pq.read_table(str(tmp_path / "none.parquet")).num_rows == 0
     (tmp_path / "zero.parquet").write_bytes(b"")
@@ -187,7 +180,7 @@ def test_an_index_of_another_model_or_vocabulary_is_refused_and_nan_interests_ar
     (relabelled / "data_fingerprint.json").write_text(json.dumps(fingerprint))
     with pytest.raises(CheckpointError, match="another item vocabulary"):
         load_run_index(relabelled, "flat")
-    path = _users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:4])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:4])
     assert cli_main(["retrieve", str(other), "--users", str(path), "--out", str(tmp_path / "c.parquet"),
                      "--quiet"]) == 2
     assert "built for another model" in capsys.readouterr().err
@@ -206,7 +199,7 @@ def test_index_and_retrieve_commands(trained, tmp_path, capsys):
     assert "HNSW8,Flat" in capsys.readouterr().out
     stamp = json.loads((run / "index" / "hnsw.json").read_text())
     assert stamp["params"] == {"m": 8, "ef_construction": 40, "ef_search": 64}
-    path = _users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:50])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:50])
     out = tmp_path / "hnsw.parquet"
     assert cli_main(["retrieve", str(run), "--users", str(path), "--out", str(out), "--index", "hnsw",
                      "--top-n", "20", "--diversity", "0.1", "--quiet"]) == 0
@@ -240,7 +233,7 @@ def test_multi_interest_model_exact_search_equals_full_ranking_and_retrieves_div
     expected = rank_top_k(interests, items, 50, (torch.from_numpy(rows), torch.from_numpy(seen))).numpy()
     assert np.array_equal(multi_interest_search(index, interests.numpy(), 50, seen=(rows, seen)).items, expected)
 
-    path = _users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:40])
+    path = users_file(tmp_path / "users.parquet", dataset.vocabulary("user").raw.to_pylist()[:40])
     category = dataset.item_category
     item_vocab = dataset.vocabulary("item")
     spread = {}
