@@ -24,13 +24,14 @@ from typing import Optional, Sequence
 
 from torch import Tensor
 
-from .reference.din_attention import (ACTIVATIONS, HiddenLayer, apply_activation, din_attention_naive,
-                                      din_attention_padded, din_attention_scores, din_scores_naive)
+from .reference.din_attention import (ACTIVATIONS, HiddenLayer, apply_activation, din_attention_candidates_padded,
+                                      din_attention_naive, din_attention_padded, din_attention_scores, din_scores_naive)
 from .reference.din_attention_chunked import din_attention_chunked
-from .validation import KernelInputError, check_attention_inputs, choose_backend, jagged_to_padded
+from .validation import (KernelInputError, check_attention_inputs, check_float, choose_backend, jagged_to_padded,
+                         resolve_rows)
 
 __all__ = ["ACTIVATIONS", "CHUNKED_MIN_ELEMENTS", "HiddenLayer", "apply_activation", "backend_for", "din_attention",
-           "din_scores"]
+           "din_attention_candidates", "din_scores"]
 
 CHUNKED_MIN_ELEMENTS = 1 << 22   # B·L·H above which backend="torch" runs the chunked function
 BACKENDS = ("torch", "reference", "naive", "triton")
@@ -68,7 +69,7 @@ def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
         pooled [B, Dv]; rows with no behaviours pool to zeros.
     """
     jagged, row_lengths, offsets = check_attention_inputs(query, keys, values, lengths, offsets)
-    _check_hidden(query, hidden)
+    _check_hidden(query.shape[-1], hidden)
     chosen = backend_for(query, keys, hidden=hidden, backend=backend)
     if chosen == "triton":
         from .triton.din_attention import din_attention_triton
@@ -83,13 +84,45 @@ def din_attention(query: Tensor, keys: Tensor, lengths: Optional[Tensor] = None,
     return run(query, keys, row_lengths, hidden, out_weight, out_bias, values, use_softmax)
 
 
+def din_attention_candidates(queries: Tensor, keys: Tensor, lengths: Tensor, *, hidden: Sequence[HiddenLayer],
+                             out_weight: Tensor, out_bias: Tensor, values: Optional[Tensor] = None,
+                             use_softmax: bool = False) -> Tensor:
+    """DIN attention pooling of M targets that share one history per row (scoring M
+    candidates for a user): pooled [B, M, Dv] with ``pooled[b, m]`` = ``din_attention`` of
+    (queries[b, m], keys[b], lengths[b]), without repeating the history M times.
+
+    Args:
+        queries: [B, M, D] candidate (target) embeddings.
+        keys: [B, L, D] padded history, ``lengths`` [B]; values: [B, L, Dv] (default keys).
+        hidden, out_weight, out_bias, use_softmax: as ``din_attention``; Dice layers must be
+            in eval mode (their running statistics), else KernelInputError.
+    PyTorch on every device (one GEMM per user over all candidates; the chunk of candidates
+    is bounded so one [B, L, m, H1] activation stays small).
+    """
+    check_float("queries", queries, 3)
+    _, row_lengths, _ = resolve_rows(keys, lengths, None, queries.shape[0])
+    check_float("keys", keys, 3, queries.dtype, queries.device)
+    if keys.shape[-1] != queries.shape[-1]:
+        raise KernelInputError(f"keys width {keys.shape[-1]} != queries width {queries.shape[-1]}")
+    if values is not None:
+        check_float("values", values, 3, queries.dtype, queries.device)
+        if values.shape[:-1] != keys.shape[:-1]:
+            raise KernelInputError(f"values {tuple(values.shape)} must match keys {tuple(keys.shape)} except the last dim")
+    _check_hidden(queries.shape[-1], hidden)
+    if any(layer.activation == "dice" and layer.training for layer in hidden):
+        raise KernelInputError("din_attention_candidates needs Dice layers in eval mode (running statistics): "
+                               "batch statistics over shared histories are not the training rows'")
+    return din_attention_candidates_padded(queries, keys, row_lengths, hidden, out_weight, out_bias, values,
+                                           use_softmax)
+
+
 def din_scores(query: Tensor, keys: Tensor, lengths: Tensor, *, hidden: Sequence[HiddenLayer], out_weight: Tensor,
                out_bias: Tensor, naive: bool = False) -> Tensor:
     """Raw activation-unit scores [B, L] of padded keys [B, L, D] (padding positions hold
     garbage: mask them); ``naive`` builds the [B, L, 4D] concatenation (FuxiCTR's form)
     instead of the split first layer. PyTorch only (DARE's "din_topk" baseline, tests)."""
     check_attention_inputs(query, keys, None, lengths, None)
-    _check_hidden(query, hidden)
+    _check_hidden(query.shape[-1], hidden)
     mask = _mask(keys, lengths)
     return (din_scores_naive if naive else din_attention_scores)(query, keys, mask, hidden, out_weight, out_bias)
 
@@ -99,11 +132,11 @@ def _mask(keys: Tensor, lengths: Tensor) -> Tensor:
     return torch.arange(keys.shape[1], device=keys.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def _check_hidden(query: Tensor, hidden: Sequence[HiddenLayer]) -> None:
+def _check_hidden(dim: int, hidden: Sequence[HiddenLayer]) -> None:
     if not hidden:
         raise KernelInputError("the attention MLP needs at least one hidden layer")
-    if hidden[0].weight.shape[0] != 4 * query.shape[-1]:
-        raise KernelInputError(f"first hidden weight must be [4D={4 * query.shape[-1]}, H], "
+    if hidden[0].weight.shape[0] != 4 * dim:
+        raise KernelInputError(f"first hidden weight must be [4D={4 * dim}, H], "
                                f"got {tuple(hidden[0].weight.shape)}")
     for i, layer in enumerate(hidden):
         if layer.activation not in ACTIVATIONS:

@@ -52,14 +52,14 @@ Deliberate departures (each a switch where the sources differ):
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
 from recsys.contract import Batch
 
-from .base import FeatureSpec, RankingModel, RankingOutput
+from .base import FeatureSpec, RankingModel, RankingOutput, check_candidates
 from .registry import register
 from .inputs import embed_batch, embed_fields, profile_embedding, profile_l2, user_and_context_fields
 from .layers.attention import ActivationUnitAttention
@@ -145,6 +145,31 @@ class DIN(RankingModel):
         if self.fields is not None:
             parts += embed_fields(self.fields, batch, self.features, self.field_names)
         return RankingOutput(logit=self.mlp(torch.cat(parts, dim=-1)).squeeze(-1))
+
+    def score_candidates(self, batch: Batch, candidates: Mapping[str, Tensor], max_rows: int = 16384) -> Tensor:
+        """Logits [B, M] of M candidates per user, equal to ``forward`` on each (user,
+        candidate) row. In eval mode on padded batches the history is embedded once per
+        user and the activation unit runs over all M candidates in one GEMM
+        (``kernels.din_attention.din_attention_candidates``); in training mode (Dice batch
+        statistics, dropout) and for jagged batches it is the base class's per-row path."""
+        items = check_candidates(batch, candidates)
+        if self.training or batch.offsets is not None or items.numel() == 0:
+            return super().score_candidates(batch, candidates, max_rows)
+        users, per_user = items.shape
+        fields = (embed_fields(self.fields, batch, self.features, self.field_names)
+                  if self.fields is not None else [])                                           # [B, W_f] each
+        step = max(1, max_rows // per_user)          # users per chunk: at most max_rows (user, candidate) rows
+        out = []
+        for start in range(0, users, step):
+            rows = slice(start, min(users, start + step))
+            n = rows.stop - rows.start
+            history = self.embedding(batch.hist_item[rows], batch.hist_category[rows], self.item_side)  # [n, L, D]
+            target = self.embedding(items[rows], candidates["category"][rows], self.item_side)          # [n, M, D]
+            interest = self.attention.pool_candidates(target, history, batch.lengths[rows])           # [n, M, D]
+            parts = [interest, target] + ([interest * target] if self.interaction == "concat_product" else [])
+            parts += [f[rows].unsqueeze(1).expand(n, per_user, f.shape[-1]) for f in fields]
+            out.append(self.mlp(torch.cat(parts, dim=-1).reshape(n * per_user, -1)).reshape(n, per_user))
+        return torch.cat(out)
 
     def regularization(self, batch: Batch) -> Tensor:
         return profile_l2(self.embedding, self.fields, batch, self.l2_embedding, self.l2_mode)

@@ -3,15 +3,15 @@
 ``compile_model(model, mode) -> fn(batch, candidates) -> logits [B, M]``:
 
 * ``"off"`` (default): ``model.score_candidates`` in eager mode.
-* ``"compile"``: ``torch.compile(model.forward, dynamic=True)`` inside the same
-  ``score_candidates`` row layout (the model's own method, with the compiled forward bound
-  for the call): one graph for every (B, M), no recompilation per shape after warm-up.
-* ``"trace"``: TorchScript (``torch.jit.trace``) of the forward over the flat
-  (user, candidate) rows, traced on first use per input shape and kept (at most
-  ``TRACE_CACHE`` graphs): a trace bakes in the Python decisions taken at its shapes (the
-  attention kernel's chunked/unchunked choice depends on the row count), so one graph is
-  never reused at another shape. Multi-valued profile ids enter as ``[R, max_values]``
-  padded ids (the embedding's other accepted form) so their shape is fixed.
+* ``"compile"``: ``torch.compile(model.score_candidates, dynamic=True)``: the model's own
+  scoring path (DIN's shared-history path, HCN's two-tower path, the base class's repeated
+  rows), one graph for every shape after warm-up.
+* ``"trace"``: TorchScript (``torch.jit.trace``) of ``model.score_candidates`` over the
+  batch's and the candidates' tensors, traced on first use per input shape and kept (at
+  most ``TRACE_CACHE`` graphs): a trace bakes in the Python decisions taken at its shapes
+  (chunk sizes, the attention kernel's chunked/unchunked choice), so one graph is never
+  reused at another shape. Multi-valued profile ids enter as ``[B, max_values]`` padded
+  ids (the embedding's other accepted form) so their shape is fixed.
 
 What each mode measured on this machine is in docs/serving.md (bench/bench_serving.py
 ``--compiled``); every mode gives the eager logits to float tolerance (tested).
@@ -30,49 +30,20 @@ from recsys.errors import ConfigError
 
 MODES = ("off", "compile", "trace")
 TRACE_CACHE = 64
-MAX_ROWS = 16384        # (user, candidate) rows per forward, as score_candidates' default
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> Callable:
     if mode == "off":
         return model.score_candidates
     if mode == "compile":
-        return _Compiled(model)
+        return torch.compile(model.score_candidates, dynamic=True)
     if mode == "trace":
         return _Traced(model)
     raise ConfigError(f"compiled mode must be one of {MODES}, got {mode!r}")
 
 
-def _rows(batch: Batch, candidates: Dict[str, torch.Tensor], start: int, stop: int) -> Batch:
-    """The (user, candidate) rows of users ``start:stop`` as one batch, user-major (the
-    layout score_candidates builds)."""
-    per_user = candidates["item"].shape[1]
-    rows = torch.arange(start, stop).repeat_interleave(per_user)
-    part = batch.take(rows)
-    return part.replace(target={name: candidates[name][start:stop].reshape(-1) for name in batch.target},
-                        label=part.label.new_zeros(rows.numel()), sample_index=None)
-
-
-def _by_chunks(forward: Callable[[Batch], torch.Tensor], batch: Batch,
-               candidates: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """[B, M] logits, at most MAX_ROWS rows per forward (bounded memory)."""
-    users, per_user = candidates["item"].shape
-    step = max(1, MAX_ROWS // max(per_user, 1))
-    return torch.cat([forward(_rows(batch, candidates, start, min(users, start + step))).reshape(-1, per_user)
-                      for start in range(0, users, step)])
-
-
-class _Compiled:
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.forward = torch.compile(model.forward, dynamic=True)
-
-    def __call__(self, batch: Batch, candidates: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return _by_chunks(lambda rows: self.forward(rows).logit, batch, candidates)
-
-
 class _Traced:
-    """Traced graphs keyed by row count; built under a lock, then only read."""
+    """Traced graphs keyed by input names and shapes; built under a lock, then only read."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -80,10 +51,7 @@ class _Traced:
         self._lock = threading.Lock()
 
     def __call__(self, batch: Batch, candidates: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return _by_chunks(self._forward, batch, candidates)
-
-    def _forward(self, rows: Batch) -> torch.Tensor:
-        names, flat = _flatten(_padded_profile(rows, self.model.features))
+        names, flat = _flatten(_padded_profile(batch, self.model.features), candidates)
         key = (names, tuple(tuple(v.shape) for v in flat))
         graph = self._graphs.get(key)
         if graph is None:
@@ -92,7 +60,7 @@ class _Traced:
                 if graph is None:
                     with warnings.catch_warnings():     # the tracer's notes on shape-dependent Python: why
                         warnings.simplefilter("ignore")    # one graph is kept per input shape
-                        graph = torch.jit.trace(_FlatForward(self.model, names), flat, check_trace=False)
+                        graph = torch.jit.trace(_FlatScore(self.model, names), flat, check_trace=False)
                     if len(self._graphs) >= TRACE_CACHE:
                         self._graphs.pop(next(iter(self._graphs)))
                     self._graphs[key] = graph
@@ -110,28 +78,32 @@ def _padded_profile(rows: Batch, features) -> Batch:
     return rows.replace(profile=profile)
 
 
-def _flatten(rows: Batch) -> Tuple[Tuple[Tuple[str, str], ...], Tuple[torch.Tensor, ...]]:
-    """((store, field) names, tensors) of a batch's inputs, in a fixed order."""
+def _flatten(rows: Batch, candidates: Dict[str, torch.Tensor]) -> Tuple[Tuple[Tuple[str, str], ...],
+                                                                         Tuple[torch.Tensor, ...]]:
+    """((store, field) names, tensors) of a batch's inputs and the candidates, in a fixed order."""
     names = [("core", "user"), ("core", "lengths")]
     for store in ("history", "target", "profile", "context"):
         names += [(store, n) for n in sorted(getattr(rows, store))]
-    values = [rows.user if n == "user" else rows.lengths if s == "core" else getattr(rows, s)[n] for s, n in names]
+    names += [("candidates", n) for n in sorted(candidates)]
+    values = [rows.user if n == "user" else rows.lengths if s == "core" else
+              candidates[n] if s == "candidates" else getattr(rows, s)[n] for s, n in names]
     return tuple(names), tuple(values)
 
 
-class _FlatForward(torch.nn.Module):
-    """forward over tensors (what tracing needs): rebuilds the Batch from its fields."""
+class _FlatScore(torch.nn.Module):
+    """score_candidates over tensors (what tracing needs): rebuilds the Batch and the
+    candidates from their fields."""
 
     def __init__(self, model: torch.nn.Module, names: Tuple[Tuple[str, str], ...]) -> None:
         super().__init__()
         self.model, self.names = model, names
 
     def forward(self, *values):
-        stores = {"history": {}, "target": {}, "profile": {}, "context": {}, "core": {}}
+        stores = {"history": {}, "target": {}, "profile": {}, "context": {}, "core": {}, "candidates": {}}
         for (store, name), value in zip(self.names, values):
             stores[store][name] = value
         lengths = stores["core"]["lengths"]
         batch = Batch(user=stores["core"]["user"], label=torch.zeros_like(lengths, dtype=torch.float32),
                       lengths=lengths, history=stores["history"], target=stores["target"],
                       profile=stores["profile"], context=stores["context"])
-        return self.model(batch).logit
+        return self.model.score_candidates(batch, stores["candidates"])

@@ -281,3 +281,44 @@ def test_din_dense_init_follows_official_code_and_fuxictr():
     assert any(torch.count_nonzero(m.bias) > 0 for m in default.modules() if isinstance(m, torch.nn.Linear))
     with pytest.raises(ValueError, match="linear_init"):
         DIN(FEATURES, linear_init="orthogonal")
+
+
+# ------------------------------------------- score_candidates: the shared-history fast path
+@pytest.mark.parametrize("kwargs", [
+    {},                                                                   # paper: PReLU, raw weights
+    dict(attention_units=[80, 40], attention_activation="sigmoid", use_softmax=True),   # official code's form
+    dict(attention_activation="dice", mlp_activation="dice", interaction="concat_product"),
+    dict(batch_norm=True, dropout=0.3),
+])
+def test_score_candidates_fast_path_equals_the_per_row_path(kwargs):
+    """Eval mode: the history embedded once per user and pooled for all M candidates gives
+    the logits of the base class's path (repeat each user M times, run forward)."""
+    from recsys.models.base import RankingModel
+    torch.manual_seed(0)
+    model = DIN(FEATURES, item_dim=4, category_dim=3, **kwargs)
+    model.train()
+    model(random_batch(16, seed=5))                   # move Dice / BatchNorm running statistics off their init
+    model.eval()
+    batch = random_batch(8, seed=1, empty_rows=(0, 3))
+    g = torch.Generator().manual_seed(2)
+    cands = {"item": torch.randint(1, FEATURES.num_items, (8, 7), generator=g),
+             "category": torch.randint(1, FEATURES.num_categories, (8, 7), generator=g)}
+    with torch.no_grad():
+        fast = model.score_candidates(batch, cands, max_rows=20)       # chunks of 2 users
+        slow = RankingModel.score_candidates(model, batch, cands)
+        garbage = model.score_candidates(with_garbage_padding(batch), cands)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(garbage, fast)         # padding never enters the score
+
+
+def test_score_candidates_in_training_mode_is_the_per_row_path():
+    """Training mode (Dice batch statistics over the scored rows) keeps forward's semantics."""
+    from recsys.models.base import RankingModel
+    torch.manual_seed(0)
+    model = DIN(FEATURES, item_dim=4, category_dim=3, attention_activation="dice")
+    batch = random_batch(4, seed=1)
+    cands = {"item": torch.randint(1, FEATURES.num_items, (4, 3)), "category": torch.randint(1, 5, (4, 3))}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = model.score_candidates(batch, cands)
+    model.load_state_dict(state)
+    torch.testing.assert_close(fast, RankingModel.score_candidates(model, batch, cands))

@@ -159,3 +159,85 @@ def din_attention_naive(query: Tensor, keys: Tensor, lengths: Tensor, hidden: Se
     else:
         weights = scores * mask
     return torch.einsum("bl,bld->bd", weights.to(values.dtype), values)
+
+
+def din_attention_candidates_padded(queries: Tensor, keys: Tensor, lengths: Tensor, hidden: Sequence[HiddenLayer],
+                                    out_weight: Tensor, out_bias: Tensor, values: Optional[Tensor] = None,
+                                    use_softmax: bool = False, max_elements: int = 1 << 18) -> Tensor:
+    """M targets per history sharing it: pooled [B, M, Dv] from queries [B, M, D] and one
+    padded history per row, keys [B, L, D] (values [B, L, Dv], default keys).
+
+    ``pooled[b, m]`` equals ``din_attention_padded`` of the row (queries[b, m], keys[b]),
+    but the keys are never repeated M times. With the first layer split as above,
+
+        pre[m, l] = q_m (Wa + Wc) + b1 + k_l [(Wb − Wc) + diag(q_m) Wd]      (per candidate)
+                  = k_l (Wb − Wc) + b1 + q_m [(Wa + Wc) + diag(k_l) Wd]      (per behaviour)
+
+    and one GEMM per user gives every (candidate, behaviour, unit) pre-activation: either
+    [L, D] × [D, M·H1] with a [D, H1] matrix per candidate, or [M, D] × [D, L·H1] with one
+    per behaviour. The smaller of M and L picks the side whose matrices are built (M·D·H1
+    or L·D·H1 elements, 1/L or 1/M of the GEMM's work); nothing of size M·L·D is built.
+    The other side is taken in chunks so one [B, M, l, H] (or [B, L, m, H]) activation
+    stays under ``max_elements``. The scores [B, M, L] are complete before the (softmax)
+    weighting. Dice must be in eval mode (running statistics): the public op checks it.
+    """
+    values = keys if values is None else values
+    users, length, d = keys.shape
+    count = queries.shape[1]
+    w1 = hidden[0].weight
+    wa, wb, wc, wd = w1[:d], w1[d:2 * d], w1[2 * d:3 * d], w1[3 * d:]
+    split = (wa + wc, wb - wc, wd)
+    widest = max(layer.weight.shape[1] for layer in hidden)
+    score_of = _scores_per_candidate if count <= length else _scores_per_behaviour
+    # chunk of the built side: one [B, other side or D, chunk, widest] tensor under max_elements
+    step = max(1, max_elements // max(1, users * widest * max(d, length if count <= length else count)))
+    score = score_of(queries, keys, split, hidden, out_weight, out_bias, step)
+    mask = torch.arange(length, device=keys.device).unsqueeze(0) < lengths.unsqueeze(1)   # [B, L]
+    valid = mask.unsqueeze(1)
+    if use_softmax:
+        weights = torch.softmax(score.masked_fill(~valid, float("-inf")), dim=2).nan_to_num(0.0)
+    else:
+        weights = score * valid
+    return torch.bmm(weights.to(values.dtype), values)                                    # [B, M, Dv]
+
+
+def _mlp_tail(x: Tensor, hidden: Sequence[HiddenLayer], out_weight: Tensor, out_bias: Tensor) -> Tensor:
+    """First-layer pre-activations [..., H1] → raw scores [...] (eval-mode activations)."""
+    x = apply_activation(x, hidden[0])
+    for layer in hidden[1:]:
+        x = apply_activation(x @ layer.weight + layer.bias, layer)
+    return x @ out_weight + out_bias
+
+
+def _scores_per_candidate(queries, keys, split, hidden, out_weight, out_bias, step) -> Tensor:
+    """[B, M, L] scores from one [D, H1] matrix per candidate: keys [B, L, D] × [B, D, m·H1]."""
+    per_target, key_term, wd = split
+    users, length, d = keys.shape
+    units = per_target.shape[1]
+    scores = []
+    for start in range(0, queries.shape[1], step):
+        q = queries[:, start:start + step]                                                # [B, m, D]
+        m = q.shape[1]
+        proj = torch.addcmul(key_term.unsqueeze(1), q.transpose(1, 2).unsqueeze(-1), wd.unsqueeze(1))  # [B, D, m, H1]
+        x = torch.bmm(keys, proj.reshape(users, d, m * units)).reshape(users, length, m, units)
+        x = x + (q @ per_target + hidden[0].bias).unsqueeze(1)                            # [B, L, m, H1]
+        scores.append(_mlp_tail(x, hidden, out_weight, out_bias).transpose(1, 2))         # [B, m, L]
+    return torch.cat(scores, dim=1) if scores else queries.new_zeros(users, 0, length)
+
+
+def _scores_per_behaviour(queries, keys, split, hidden, out_weight, out_bias, step) -> Tensor:
+    """[B, M, L] scores from one [D, H1] matrix per behaviour: queries [B, M, D] × [B, D, l·H1]."""
+    per_target, key_term, wd = split
+    users, length, d = keys.shape
+    units = per_target.shape[1]
+    per_target_t, wd_t = per_target.t(), wd.t()                                           # [H1, D]
+    scores = []
+    for start in range(0, length, step):
+        k = keys[:, start:start + step]                                                   # [B, l, D]
+        rows = k.shape[1]
+        r = torch.addcmul(per_target_t, k.unsqueeze(2), wd_t)                             # [B, l, H1, D]
+        c = k @ key_term + hidden[0].bias                                                 # [B, l, H1]
+        x = torch.baddbmm(c.reshape(users, 1, rows * units), queries,
+                          r.reshape(users, rows * units, d).transpose(1, 2))              # [B, M, l·H1]
+        scores.append(_mlp_tail(x.reshape(users, queries.shape[1], rows, units), hidden, out_weight, out_bias))
+    return torch.cat(scores, dim=2) if scores else queries.new_zeros(users, queries.shape[1], 0)

@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from recsys.kernels.din_attention import HiddenLayer, din_attention, din_scores
+from recsys.kernels.din_attention import HiddenLayer, din_attention, din_attention_candidates, din_scores
 
 from .activations import kernel_fields, make_activation
 
@@ -59,6 +59,13 @@ class ActivationUnitAttention(nn.Module):
         return din_attention(query, keys, lengths, hidden=self.hidden_layers(), out_weight=self.out.weight[0],
                              out_bias=self.out.bias[0], values=values, use_softmax=self.use_softmax,
                              offsets=offsets, backend=self.backend if backend is None else backend)
+
+    def pool_candidates(self, queries: Tensor, keys: Tensor, lengths: Tensor) -> Tensor:
+        """queries [B, M, D] sharing each row's padded keys [B, L, D] + lengths [B] → [B, M, D]
+        (``forward`` of every (row, query) pair, history not repeated; Dice in eval mode)."""
+        return din_attention_candidates(queries, keys, lengths, hidden=self.hidden_layers(),
+                                        out_weight=self.out.weight[0], out_bias=self.out.bias[0],
+                                        use_softmax=self.use_softmax)
 
     def scores(self, query: Tensor, keys: Tensor, lengths: Tensor, naive: bool = False) -> Tensor:
         """Raw scores [B, L] of padded keys [B, L, D] (padding positions: mask them)."""
