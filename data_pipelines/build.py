@@ -13,6 +13,8 @@ half-written build never looks finished)::
     rejections.json        the full rejection report
     vocab/{user,item,category}.parquet
     item_category.npy      [num_items] category id of each item id
+    negative_pool/{offsets,items}.npy  negatives: candidates only: each user's pool of candidate
+                           negatives (CSR over user ids; data_pipelines.candidate_pools)
     timelines/part-00000.parquet ...   one row per user: user, items, categories, behaviors, timestamps[, labels]
     samples/part-00000.parquet ...     row, user, cut, target_item, target_category, label, split
     split_columns/{train,valid,test}/{row,user,cut,target_item,target_category,label}.npy
@@ -44,7 +46,8 @@ import pyarrow.parquet as pq
 from .columns import SAMPLE_COLUMNS, NpyAppender, SplitColumnWriter
 from .config import DataConfig, load_data_config, to_dict
 from .rejections import DataError, RejectionReport
-from .samples import SPLITS, NegativeSampler, build_samples
+from . import candidate_pools
+from .samples import SPLITS, CandidateNegativeSampler, NegativeSampler, build_samples
 from .schema import BEHAVIORS, NUM_BEHAVIORS, check_events
 from .side_tables import (ContextCounter, SideTableWriter, check_side_fields, context_field_dicts, core_field_dicts,
                           vocabulary_fingerprint)
@@ -168,6 +171,8 @@ def ensure_dataset(config: DataConfig, overwrite: bool = False, progress: bool =
     if out.exists() and not manifest_path.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists but is not a complete dataset (no manifest.json); "
                               "pass overwrite=True (--overwrite) to replace it")
+    if config.protocol.negatives == "candidates":
+        candidate_pools.check_file(config.protocol.negatives_file)
     missing = [d["path"] for d in inputs if d.get("missing")]
     if missing:
         raise DataError(f"{', '.join(missing)}: input file does not exist (source.paths of the data config)")
@@ -197,6 +202,8 @@ def _input_paths(config: DataConfig) -> list:
     source = config.source
     paths = [] if source.format == "synthetic" else list(source.paths)
     paths += [p for p in (getattr(source, "item_file", ""), getattr(source, "user_file", "")) if p]
+    if config.protocol.negatives == "candidates":
+        paths.append(config.protocol.negatives_file)
     return paths
 
 
@@ -320,6 +327,7 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         vocab.save(tmp / "vocab" / f"{name}.parquet")
     item_category, conflicts = _item_categories(pa.concat_tables(pairs), vocabs)
     np.save(tmp / "item_category.npy", item_category)
+    negative_pool = _write_negative_pool(config, vocabs, tmp)
     side_fields, users_without_profile = _write_side_fields(config, side_tables, side_where, vocabs, context, report,
                                                             tmp)
     # timeline rows per partition are known now (one per user hashing there), so every
@@ -340,9 +348,10 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     # in-process pass 2: file writes go to one background I/O thread (the second core)
     io = BackgroundWriter() if pool is None else None
     write = io.submit if io is not None else _write_now
+    negative_counts = dict.fromkeys(CandidateNegativeSampler.COUNTS, 0) if negative_pool else {}
     try:
         n_samples = _merge_partitions(pool, jobs, write, users_per_partition, tmp, flat_writer, split_columns,
-                          split_counts, split_users, rows_per_partition, bar)
+                          split_counts, split_users, rows_per_partition, bar, negative_counts)
     finally:
         if io is not None:
             io.close()
@@ -362,7 +371,11 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     report.save(tmp / "rejections.json")
     if progress or report.has_findings():   # rejections are shown even when quiet
         print(report.summary())
-    return {
+    if negative_pool is not None:
+        negative_pool.update(negative_counts)
+        if progress:
+            print(f"negative pool: {negative_pool}")
+    stats = {
         "format_version": FORMAT_VERSION,
         "config": _comparable(config),
         "protocol": config.protocol.name,
@@ -387,6 +400,21 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
         "split_users": split_users,
         "rejections": report.to_dict(),
     }
+    if negative_pool is not None:
+        stats["negative_pool"] = negative_pool
+    return stats
+
+
+def _write_negative_pool(config: DataConfig, vocabs: dict, tmp: Path) -> Optional[dict]:
+    """``negatives: candidates``: each user's candidate pool into ``tmp/negative_pool/`` (read
+    by every partition's sampler); returns the manifest's ``negative_pool`` counts (None otherwise)."""
+    protocol = config.protocol
+    if protocol.negatives != "candidates":
+        return None
+    offsets, items, counts = candidate_pools.read_candidate_pool(protocol.negatives_file, vocabs["user"],
+                                                                 vocabs["item"], protocol.negatives_top)
+    candidate_pools.save_pool(tmp, offsets, items)
+    return {"file": protocol.negatives_file, "negatives_top": protocol.negatives_top, **counts}
 
 
 def _write_side_fields(config: DataConfig, tables: dict, where: dict, vocabs: dict, context: ContextCounter,
@@ -406,9 +434,10 @@ def _write_side_fields(config: DataConfig, tables: dict, where: dict, vocabs: di
 
 
 def _merge_partitions(pool, jobs, write, users_per_partition, tmp, flat_writer, split_columns,
-                      split_counts, split_users, rows_per_partition, bar) -> int:
+                      split_counts, split_users, rows_per_partition, bar, negative_counts) -> int:
     """Build (or collect from the workers) every partition and append its flat arrays and
-    split columns, in partition order; returns the number of samples."""
+    split columns, in partition order, and add up the sampler's counts into
+    ``negative_counts``; returns the number of samples."""
     n_samples = 0
     # results in partition order, merged one at a time: the merged outputs are appended to
     # disk, so the main process holds at most one partition's arrays (plus, in process, the
@@ -431,6 +460,8 @@ def _merge_partitions(pool, jobs, write, users_per_partition, tmp, flat_writer, 
             split_counts[name] += result["split_counts"][name]
             split_users[name] += result["split_users"][name]
         rows_per_partition[p] = result["users"]
+        for name, n in result["negatives"].items():
+            negative_counts[name] = negative_counts.get(name, 0) + n
         n_samples += result["samples"]
         bar.update(1)
     return n_samples
@@ -487,8 +518,15 @@ def _partition_state(tmp: Path, config: DataConfig) -> dict:
         vocabs = {name: Vocabulary.load(tmp / "vocab" / f"{name}.parquet") for name in ("user", "item", "category")}
         _PARTITION_STATE.clear()
         _PARTITION_STATE.update(key=key, vocabs=vocabs, item_category=np.load(tmp / "item_category.npy"),
-                                sampler=NegativeSampler(vocabs["item"].id_counts(), config.protocol.negatives))
+                                sampler=_negative_sampler(tmp, config, vocabs))
     return _PARTITION_STATE
+
+
+def _negative_sampler(tmp: Path, config: DataConfig, vocabs: dict) -> NegativeSampler:
+    counts = vocabs["item"].id_counts()
+    if config.protocol.negatives == "candidates":
+        return CandidateNegativeSampler(counts, *candidate_pools.load_pool(tmp))
+    return NegativeSampler(counts, config.protocol.negatives)
 
 
 def _build_partition(job, write=_write_now) -> dict:
@@ -514,9 +552,10 @@ def _build_partition(job, write=_write_now) -> dict:
           compression="lz4", write_statistics=False)
     user_ids = timelines.column("user").to_numpy()
     del timelines
+    negative_counts: dict = {}
     samples = build_samples(offsets, flat["item"], user_ids, state["item_category"], state["sampler"],
                             config.protocol, config.seed, p, labels=flat.get("label"),
-                            item_categories=flat["category"])
+                            item_categories=flat["category"], counts=negative_counts)
     split_np = samples.column("split").to_numpy()
     row_np = samples.column("row").to_numpy()     # partition-local row: one per user
     split_counts, split_users = {}, {}
@@ -531,7 +570,8 @@ def _build_partition(job, write=_write_now) -> dict:
     arrays.update({"offsets": offsets, "split": split_np},
                   **{f"sample_{name}": samples.column(name).to_numpy() for name in SAMPLE_COLUMNS})
     result = {"partition": p, "users": len(user_ids), "samples": samples.num_rows, "flat": list(flat),
-              "split_counts": split_counts, "split_users": split_users, "files": list(arrays)}
+              "negatives": negative_counts, "split_counts": split_counts, "split_users": split_users,
+              "files": list(arrays)}
     if inline:
         result["arrays"] = arrays
         return result

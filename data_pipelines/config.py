@@ -18,6 +18,8 @@ from recsys.errors import ConfigError
 
 SOURCE_FORMATS = ("taobao", "synthetic", "s3rec", "movielens", "amazon", "ratings_csv", "multibehavior")
 PROTOCOLS = ("din", "dare", "loo", "users")
+PROTOCOLS_WITH_NEGATIVES = ("din", "dare")
+NEGATIVE_KINDS = ("uniform", "popularity", "candidates")
 # the field contract (recsys.contract, which imports torch: repeated here so a build does not)
 FIELD_KINDS = ("id", "ids", "number", "dense")
 FIELD_OWNERS = ("event", "item", "user", "context")
@@ -75,8 +77,12 @@ class ProtocolConfig:
     name: str = "din"
     max_length: int = 100          # L: the last L behaviours before the cut are the history
     validation: bool = True        # hold out a validation target per user (din, loo)
-    negatives: str = "uniform"     # uniform | popularity
+    negatives: str = "uniform"     # uniform | popularity | candidates
     n_neg: int = 1                 # negatives per positive
+    # candidates: a `recsys retrieve` candidates Parquet (user, rank, item, fallback) whose
+    # rows are each user's negative pool (data_pipelines.candidate_pools)
+    negatives_file: str = ""
+    negatives_top: int = 0         # candidates: only ranks < this (0 = every candidate of the user)
     min_length: Optional[int] = None   # dare: default max_length + 10
     n_train_targets: int = 19      # dare: training targets per user
     target_stride: int = 5         # dare: distance between training targets
@@ -86,8 +92,22 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
             raise ValueError(f"protocol.name must be one of {PROTOCOLS}, got {self.name!r}")
-        if self.negatives not in ("uniform", "popularity"):
-            raise ValueError(f"protocol.negatives must be 'uniform' or 'popularity', got {self.negatives!r}")
+        if self.negatives not in NEGATIVE_KINDS:
+            raise ValueError(f"protocol.negatives must be one of {NEGATIVE_KINDS}, got {self.negatives!r}")
+        if self.negatives == "candidates":
+            if not self.negatives_file:
+                raise ValueError("protocol.negatives: candidates needs protocol.negatives_file (the candidates "
+                                 "Parquet written by `recsys retrieve`)")
+            if self.name not in PROTOCOLS_WITH_NEGATIVES:
+                raise ValueError(f"protocol.negatives: candidates: the {self.name!r} protocol draws no negatives "
+                                 f"(only {PROTOCOLS_WITH_NEGATIVES} do)")
+            if self.n_neg < 1:
+                raise ValueError("protocol.negatives: candidates with n_neg: 0 draws no negatives; set n_neg >= 1")
+        elif self.negatives_file or self.negatives_top:
+            raise ValueError(f"protocol.negatives_file / negatives_top apply only to negatives: candidates, "
+                             f"not {self.negatives!r}")
+        if self.negatives_top < 0:
+            raise ValueError(f"protocol.negatives_top must be >= 0 (0 = every candidate), got {self.negatives_top}")
         if self.max_length < 1 or self.n_neg < 0 or self.n_train_targets < 1 or self.target_stride < 1:
             raise ValueError("protocol: max_length, n_train_targets, target_stride must be >= 1 and n_neg >= 0")
 
@@ -233,9 +253,13 @@ def load_data_config(path: Path) -> DataConfig:
 
 
 def to_dict(config: Any) -> dict:
-    """Plain dict of a config. An empty ``fields`` list is left out, so the reuse key of a
-    build made before side fields existed still matches the same config today."""
+    """Plain dict of a config. An empty ``fields`` list and the unused candidate-negative keys
+    are left out, so the reuse key of a build made before they existed still matches the same
+    config today."""
     d = dataclasses.asdict(config)
     if isinstance(config, DataConfig) and not config.fields:
         d.pop("fields")
+    if isinstance(config, DataConfig) and config.protocol.negatives != "candidates":
+        d["protocol"].pop("negatives_file")
+        d["protocol"].pop("negatives_top")
     return d

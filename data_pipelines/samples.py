@@ -21,8 +21,9 @@ what is scored. Each protocol reproduces a published setup:
           gives one row whose cut is at ``history_fraction`` of the timeline (the rest of
           the timeline is the ground truth).
 
-Negatives are seeded, uniform or popularity-weighted, and never an item of the user's
-whole timeline (not only the history before the cut).
+Negatives are seeded, uniform, popularity-weighted or drawn from the user's retrieval
+candidates (:class:`CandidateNegativeSampler`), and never an item of the user's whole
+timeline (not only the history before the cut).
 """
 
 from __future__ import annotations
@@ -128,6 +129,14 @@ class NegativeSampler:
         keys.sort(kind="stable")
         return keys
 
+    def negatives(self, rng: np.random.Generator, owner_rows: np.ndarray, offsets: np.ndarray, items: np.ndarray,
+                  user_ids: np.ndarray, n_neg: int) -> "tuple[list, dict]":
+        """``n_neg`` arrays of one negative per entry of ``owner_rows`` [S] (rows of this
+        partition's timelines, whose internal user ids are ``user_ids`` [U]), and the counts
+        of how they were drawn (none for this sampler)."""
+        seen = self.seen_keys(offsets, items)
+        return [self.sample(rng, owner_rows, offsets, items, seen=seen) for _ in range(n_neg)], {}
+
     def sample(self, rng: np.random.Generator, owner_rows: np.ndarray, offsets: np.ndarray,
                items: np.ndarray, max_rounds: int = 200, seen: Optional[np.ndarray] = None) -> np.ndarray:
         """One negative per entry of ``owner_rows`` (rows of this partition's timelines);
@@ -152,15 +161,67 @@ class NegativeSampler:
                         "or a protocol without sampled negatives (loo, users)".replace("{max_rounds}", str(max_rounds)))
 
 
+class CandidateNegativeSampler(NegativeSampler):
+    """Negatives drawn uniformly from each user's pool of retrieval candidates
+    (data_pipelines.candidate_pools), never an item of the user's whole timeline.
+
+    pool_offsets [num_users + 1], pool_items [P]: the pool of internal user id u is
+    ``pool_items[pool_offsets[u]:pool_offsets[u + 1]]``. The timeline's items are removed
+    from each pool with the same seen keys the rejection loop uses, and the draw is uniform
+    over what is left: the distribution of rejection sampling from the pool, with no rounds
+    to run out of. A user without a pool, or whose pool lies inside the timeline, gets a
+    uniform negative (counted).
+    """
+
+    COUNTS = ("candidate_negatives", "uniform_fallback_negatives", "users_without_candidates",
+              "users_with_candidates_all_in_timeline")
+
+    def __init__(self, item_counts: np.ndarray, pool_offsets: np.ndarray, pool_items: np.ndarray) -> None:
+        super().__init__(item_counts, "uniform")
+        self.pool_offsets, self.pool_items = pool_offsets, pool_items
+
+    def negatives(self, rng: np.random.Generator, owner_rows: np.ndarray, offsets: np.ndarray, items: np.ndarray,
+                  user_ids: np.ndarray, n_neg: int) -> "tuple[list, dict]":
+        seen = self.seen_keys(offsets, items)
+        starts, counts = self.pool_offsets[user_ids], np.diff(self.pool_offsets)[user_ids]
+        owner, position = _expand(starts, counts)                      # pool entries of this partition [Q]
+        candidates = self.pool_items[position]
+        keys = owner * self.num_items + candidates
+        at = np.minimum(np.searchsorted(seen, keys), max(len(seen) - 1, 0))
+        unseen = seen[at] != keys if len(seen) else np.ones(len(keys), bool)
+        owner, candidates = owner[unseen], candidates[unseen]          # still grouped by row
+        left = np.bincount(owner, minlength=len(user_ids))             # usable pool size per row [U]
+        first = np.cumsum(left) - left
+        usable = left[owner_rows] > 0
+        drawn = []
+        for _ in range(n_neg):
+            out = np.empty(len(owner_rows), np.int64)
+            rows = owner_rows[usable]
+            out[usable] = candidates[first[rows] + rng.integers(0, left[rows])]
+            if not usable.all():
+                out[~usable] = self.sample(rng, owner_rows[~usable], offsets, items, seen=seen)
+            drawn.append(out)
+        fallback_rows = np.unique(owner_rows[~usable])
+        no_pool = counts[fallback_rows] == 0
+        stats = {"candidate_negatives": n_neg * int(usable.sum()),
+                 "uniform_fallback_negatives": n_neg * int((~usable).sum()),
+                 "users_without_candidates": int(no_pool.sum()),
+                 "users_with_candidates_all_in_timeline": int((~no_pool).sum())}
+        return drawn, stats
+
+
 def build_samples(offsets: np.ndarray, items: np.ndarray, user_ids: np.ndarray, item_category: np.ndarray,
                   sampler: NegativeSampler, cfg: ProtocolConfig, seed: int, partition: int,
-                  labels: Optional[np.ndarray] = None, item_categories: Optional[np.ndarray] = None) -> pa.Table:
+                  labels: Optional[np.ndarray] = None, item_categories: Optional[np.ndarray] = None,
+                  counts: Optional[dict] = None) -> pa.Table:
     """Samples of one timeline partition (``row`` is the partition-local timeline row).
 
     offsets [U + 1], items [N] (this partition's flat timelines), user_ids [U],
     item_category [num_items] (category of any item id, for negatives), labels [N]
     (explicit per-event labels, e.g. rating >= 4: then every cut is one sample with its
     own label and no negatives are drawn), item_categories [N] (each event's category).
+    ``counts``: when given, the sampler's counts of how the negatives were drawn are added
+    to it (see :meth:`NegativeSampler.negatives`).
     """
     lengths = np.diff(offsets)
     row, cut, split = protocol_cuts(lengths, user_ids, cfg, seed)
@@ -171,8 +232,10 @@ def build_samples(offsets: np.ndarray, items: np.ndarray, user_ids: np.ndarray, 
         return _table(row, user_ids, cut, positives, pos_category, labels[event].astype(np.int8), split)
     n_neg = cfg.n_neg if cfg.name in ("din", "dare") else 0
     rng = np.random.default_rng([seed, 17, partition])
-    seen = sampler.seen_keys(offsets, items) if n_neg else None
-    negatives = [sampler.sample(rng, row, offsets, items, seen=seen) for _ in range(n_neg)]
+    negatives, drawn = sampler.negatives(rng, row, offsets, items, user_ids, n_neg) if n_neg else ([], {})
+    if counts is not None:
+        for name, n in drawn.items():
+            counts[name] = counts.get(name, 0) + n
     # positive then its negatives, interleaved per cut so a (pos, neg) pair stays together
     group = 1 + n_neg
     targets = np.stack([positives] + negatives, axis=1).reshape(-1)
