@@ -1,6 +1,7 @@
 """Cost of scoring candidates: µs per candidate of HCN (the coarse ranker, two-tower: its user
-side runs once per user) and of each fine ranker (DIN, DARE, DiffuMIN, QIN, FinalMLP: one
-forward row per (user, candidate)), all through ``RankingModel.score_candidates``.
+side runs once per user) and of each fine ranker (DIN: the history embedded once per user and the
+activation unit over all candidates in one GEMM; DARE, DiffuMIN, QIN, FinalMLP: one forward row
+per (user, candidate)), all through ``RankingModel.score_candidates``.
 
 Every model is built from its Amazon Beauty run config (the sizes of configs/*.yaml, side
 tables of the built dataset configs/data/amazon_beauty.yaml attached, for every model), untrained (the timing does not depend on the
@@ -129,13 +130,15 @@ def write_docs(result: Dict) -> None:
              f"{result['rows'][0]['users']} users per call, full histories of L = {result['rows'][0]['L']}, "
              f"median of {result['repeats']} calls after one warm-up. Models built from their Amazon Beauty "
              "configs (sizes as trained), untrained weights. HCN's user side runs once per user and each "
-             "candidate costs one item-tower pass and K inner products; the fine rankers run one forward row "
-             "per (user, candidate) (the base class's bounded-chunk default). "
+             "candidate costs one item-tower pass and K inner products; DIN embeds each history once and runs "
+             "its activation unit for all M candidates as one GEMM per user (`DIN.score_candidates`); the other "
+             "fine rankers run one forward row per (user, candidate) (the base class's bounded-chunk default). "
              f"Device: {result['device']}; date {result['date']}; torch {result['torch']}. "
-             f"Command: `{result['command']}`. Raw: `bench/results/candidates_cpu.json`. Other jobs ran on "
-             "the same 2 cores, so single numbers are noisy; read the ratios. HCN's cost per candidate falls with M "
+             f"Command: `{result['command']}`. Raw: `bench/results/candidates_cpu.json`. A shared 2-core "
+             "VM (other jobs suspended for the run, but the host's noise remains), so single numbers are noisy; read "
+             "the ratios. HCN's cost per candidate falls with M "
              "(the user side is shared by more candidates) towards its item tower's (embedding + MLP 64 → 128 → "
-             "128; a cascade could cache it per item). The fine rankers' cost per candidate rises with M for the "
+             "128; a cascade could cache it per item). The per-row rankers' cost per candidate rises with M for the "
              "history-attending models (FinalMLP's mean-pooled history stays flat): a call scores users × M rows in "
              "chunks of up to 16 384, probably because the [rows, L, D] history tensors of larger chunks leave the "
              "caches (not profiled).", "",
