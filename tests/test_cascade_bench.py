@@ -35,3 +35,34 @@ def test_table_averages_seeds_and_writes_only_its_section(tmp_path):
     assert text.startswith("# Results\n\nkept text\n") and "<!-- BEGIN cascade" in text and "<!-- END cascade -->" in text
     table(paths[:1], docs)                               # rewritten in place, not appended twice
     assert docs.read_text().count("<!-- BEGIN cascade") == 1 and "± " not in docs.read_text().split("kept text")[1]
+
+
+def test_train_history_users_drops_the_held_out_items_in_raw_ids(tmp_path):
+    """bench/train_history_users.py: one row per user, the timeline without its last two items
+    (validation and test), raw ids that the retrieve job maps back to the same internal ids."""
+    import pyarrow.parquet as pq
+
+    from bench.train_history_users import write_users
+    from recsys.data_pipelines.dataset import BuiltDataset
+    from tests.cascade_fixtures import build
+
+    data = build(tmp_path, "loo", "loo")
+    counts = write_users(str(data), str(tmp_path / "users.parquet"))
+    dataset = BuiltDataset.open(data)
+    timelines = dataset.timelines()
+    users = pq.read_table(str(tmp_path / "users.parquet"))
+    assert users.num_rows == timelines.num_rows == counts["users"]
+    item_vocab, user_vocab = dataset.vocabulary("item"), dataset.vocabulary("user")
+    for row in (0, 7, users.num_rows - 1):
+        timeline = timelines.column("items")[row].as_py()
+        history = users.column("history")[row].as_py()
+        assert len(history) == max(len(timeline) - 2, 0)
+        assert list(item_vocab.encode(pa_array(history))) == timeline[:len(history)]
+        assert int(user_vocab.encode(pa_array([users.column("user")[row].as_py()]))[0]) == \
+            timelines.column("user")[row].as_py()
+    assert counts["history_items"] == sum(max(len(t) - 2, 0) for t in timelines.column("items").to_pylist())
+
+
+def pa_array(values):
+    import pyarrow as pa
+    return pa.array(values, pa.int64())
