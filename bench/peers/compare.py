@@ -306,7 +306,8 @@ def findings() -> List[str]:
 def update_docs(results_dir: Path = RESULTS, docs: Path = ROOT / "docs") -> None:
     """Rewrite the ``fuxictr-peer`` sections of docs/results.md and docs/benchmarks.md."""
     from bench.docs_section import write_section   # the repository root is on sys.path (above)
-    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("peer_*.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("peer_*.json"))
+               if not p.name.startswith("peer_recbole_")]   # run_recbole.py's: another shape, its own README section
     if not results:
         return
     source = "bench/peers/compare.py"
