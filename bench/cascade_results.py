@@ -159,10 +159,15 @@ def table(paths, docs: Path) -> str:
                 values = np.array([m[metric] for m in by_seed.values()])
                 row.append(f"{values.mean():.4f}" + (f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""))
             lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(row) + f" | {np.mean(speeds[label]):.0f} |")
+        coarse_m = next((r["coarse_m"] for r in rs if r["candidate_recall"].get("hr@coarse_m") is not None), None)
         lines += ["", f"Candidate recall HR@{first['retrieve_n']} of the retrieval list (the ceiling of every "
                   f"ranking stage): {np.mean(list(recall.values())):.4f}" +
-                  "".join(f"; HR@{first['coarse_m']} after the {model} coarse stage: {np.mean(v):.4f}"
+                  "".join(f"; HR@{coarse_m} after the {model} coarse stage: {np.mean(v):.4f}"
                           for model, v in coarse_recall.items()) + ".", ""]
+    lines += ["users/s: the evaluation loop's, averaged over the runs of a row, each measured when it ran (other "
+              "jobs on the box; runs before 2026-12-02 00:00 UTC scored DIN through the per-row path, later ones "
+              "through DIN's shared-history `score_candidates`): read it as an order of magnitude; the cascade's "
+              "throughput is measured in docs/benchmarks.md (*The cascade, end to end*).", ""]
     lines.append("Commands: " + "; ".join(f"`{r['command']}`" for r in results) +
                  "; then `python bench/cascade_results.py table " + " ".join(str(p) for p in paths) + "`.")
     body = "\n".join(lines)

@@ -44,6 +44,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _repo_relative(path: str) -> str:
+    """A path inside the repository as it reads from the root (results files carry no machine path)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
 KS = (5, 10, 20, 50)
 
 # our configs/sasrec_amazon_beauty.yaml, in RecBole's names
@@ -356,7 +362,7 @@ def run(args) -> dict:
     own = peer["recbole_test_metrics_unmasked"]
     gaps = {k: abs(unmasked[k] - own[k.replace("hr@", "hit@")]) for k in unmasked if k.startswith(("hr@", "ndcg@"))}
     return {
-        "dataset": export["name"], "model": "SASRec", "peer": "RecBole", "source": export["source"],
+        "dataset": export["name"], "model": "SASRec", "peer": "RecBole", "source": _repo_relative(export["source"]),
         "date": datetime.date.today().isoformat(),
         "command": "python bench/peers/run_recbole.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
