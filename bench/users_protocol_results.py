@@ -1,0 +1,111 @@
+"""Multi-interest retrieval on the `users` protocol (ComiRec's split): finished runs of several
+models and seeds → mean ± std of the test metrics beside the popularity and item co-occurrence
+baselines of the same build (bench/results/retrieval_baselines.json) → the ``users-protocol``
+section of docs/results.md and bench/results/users_protocol.json.
+
+    python bench/users_protocol_results.py --runs runs/retrieval/comirec_sa_amazon_beauty_seed{0,1,2} \\
+        runs/retrieval/mind_amazon_beauty_seed{0,1,2} --data amazon_beauty_users --update-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("recall@20", "hr@20", "ndcg@20", "recall@50", "hr@50", "ndcg@50")
+
+
+def _run(path: Path) -> dict:
+    """A finished run's facts and its test metrics re-ranked with the history masked (the
+    baselines' protocol; the configs follow ComiRec's code, which does not mask)."""
+    import dataclasses
+
+    import torch
+
+    from recsys.runner import load_run, open_dataset, rank_split
+    metrics = json.loads((path / "metrics.json").read_text())
+    model = metrics["model"].rsplit(".", 1)[-1]
+    config, net = load_run(path)
+    config = dataclasses.replace(config, retrieval=dataclasses.replace(config.retrieval, mask_history=True,
+                                                                       ks=[20, 50]))
+    torch.set_num_threads(1)
+    masked = rank_split(net, open_dataset(config, build=False, progress=False), config, "test")
+    return {"run": str(path), "model": model, "seed": metrics["seed"], "test": masked,
+            "test_unmasked": metrics["splits"]["test"],
+            "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
+            "samples_per_second": metrics.get("train_samples_per_second"), "dataset": metrics["dataset"]}
+
+
+def summarise(runs, baselines: dict, data: str) -> dict:
+    by_model: dict = {}
+    for r in runs:
+        by_model.setdefault(r["model"], []).append(r)
+    rows = []
+    for model, rs in by_model.items():
+        row = {"model": model, "seeds": sorted(r["seed"] for r in rs), "epochs": [r["epochs"] for r in rs],
+               "best_epochs": [r["best_epoch"] for r in rs],
+               "samples_per_second": round(float(np.mean([r["samples_per_second"] or 0 for r in rs])), 1)}
+        for m in METRICS:
+            values = np.array([r["test"][m] for r in rs])
+            row[m] = [round(float(values.mean()), 4), round(float(values.std(ddof=1)), 4) if len(values) > 1 else None]
+        rows.append(row)
+    base = [b for b in baselines["rows"] if b["data"] == data and b["split"] == "test"]
+    return {"data": data, "models": rows, "baselines": base, "users": runs[0]["test"].get("users")}
+
+
+def docs_section(result: dict, command: str) -> str:
+    lines = ["## Multi-interest retrieval on the `users` protocol (Amazon Beauty)", "",
+             f"ComiRec's split (`configs/data/amazon_beauty_users.yaml`: users 80 / 10 / 10 by a hash of the id; "
+             f"an evaluation user's first 80 % of the timeline is the history, the rest the ground truth), full "
+             "ranking over every item with the history masked (as the baselines; the configs' own evaluation, in "
+             "each run's metrics.json, follows ComiRec's code and does not mask), "
+             f"{result['users']} test users; Recall@K = share of "
+             "the user's ground-truth items in the top K, HR@K = share of users with at least one. Configs "
+             "`configs/{comirec_sa,comirec_dr,mind}_amazon_beauty.yaml` (sampled softmax over 1 280 popularity "
+             "negatives with logQ correction), selected on validation Recall@50, one torch thread each, two jobs "
+             "on the 2-core box, **15-epoch cap** (`--set trainer.max_epochs=15`; where the best epoch is the "
+             "last, the cap binds). Baselines from the same build's training samples "
+             "(`bench/retrieval_baselines.py`, deterministic). Command: `" + command + "`.", "",
+             "| model | seeds | best epochs | " + " | ".join(m.replace("recall", "Recall").replace("hr", "HR")
+                                                             .replace("ndcg", "NDCG") for m in METRICS) + " |",
+             "|---|---|---|" + "---|" * len(METRICS)]
+    for r in result["models"]:
+        cells = [f"{v[0]:.4f}" + (f" ± {v[1]:.4f}" if v[1] is not None else "") for v in (r[m] for m in METRICS)]
+        lines.append(f"| {r['model']} | {','.join(map(str, r['seeds']))} | {r['best_epochs']} of {r['epochs']} | "
+                     + " | ".join(cells) + " |")
+    for b in result["baselines"]:
+        lines.append(f"| {b['baseline']} (baseline) | – | – | " + " | ".join(f"{b[m]:.4f}" for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True)
+    parser.add_argument("--data", default="amazon_beauty_users", help="the baselines' data name")
+    parser.add_argument("--update-docs", action="store_true")
+    args = parser.parse_args(argv)
+    runs = [_run(Path(p)) for p in args.runs if (Path(p) / "metrics.json").exists()]
+    if not runs:
+        raise SystemExit("no finished run among --runs")
+    baselines = json.loads((ROOT / "bench" / "results" / "retrieval_baselines.json").read_text())
+    result = summarise(runs, baselines, args.data)
+    command = "python bench/users_protocol_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = command
+    (ROOT / "bench" / "results" / "users_protocol.json").write_text(json.dumps(result, indent=2))
+    if args.update_docs:
+        sys.path.insert(0, str(ROOT))
+        from bench.docs_section import write_section
+        write_section(ROOT / "docs" / "results.md", "users-protocol", docs_section(result, command),
+                      "bench/users_protocol_results.py", title="# Results")
+    for r in result["models"]:
+        print(r["model"], r["seeds"], {m: r[m] for m in ("recall@20", "hr@20", "recall@50")})
+    return result
+
+
+if __name__ == "__main__":
+    main()
