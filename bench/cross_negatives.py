@@ -1,7 +1,7 @@
 """Ranking runs scored on the test pairs of other builds of the same events that differ only in
 how negatives were drawn (uniform, popularity, retrieval candidates): does a ranker trained on
 harder negatives tell them apart better? The builds must share the runs' vocabularies (checked
-through the runs' data stamps). Writes bench/results/cross_negatives.json.
+against each run's data stamp, as `recsys evaluate` does). Writes bench/results/cross_negatives.json.
 
     python bench/cross_negatives.py --runs runs/cascade/din_beauty_seed0 runs/cascade/din_candneg_beauty_seed0 \\
         --data runs/data/amazon_beauty runs/data/amazon_beauty_candneg
@@ -17,23 +17,11 @@ from pathlib import Path
 import torch
 
 from recsys.data_pipelines.dataset import BuiltDataset
-from recsys.errors import DataError
 from recsys.metrics import ctr_metrics
-from recsys.run_fingerprint import read_data_fingerprint
+from recsys.run_state import check_same_vocabulary
 from recsys.runner import _eval_loader, load_run, predict
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def check_vocabularies(run: Path, dataset: BuiltDataset) -> None:
-    """The build's vocabulary files (sha256, from its manifest) are those the run was trained on."""
-    stamp = read_data_fingerprint(run)
-    theirs = {} if stamp is None else stamp["vocab_fingerprint"]
-    mine = dataset.manifest.get("vocab_fingerprint", {})
-    for name in ("user.parquet", "item.parquet", "category.parquet"):
-        if name not in theirs or theirs[name] != mine.get(name):
-            raise DataError(f"{dataset.path}: vocab/{name} is not the one {run} was trained on (sha256 "
-                            f"{str(mine.get(name))[:12]} vs {str(theirs.get(name))[:12]})")
 
 
 def main(argv=None) -> dict:
@@ -49,7 +37,7 @@ def main(argv=None) -> dict:
         config, model = load_run(run)
         for folder in args.data:
             dataset = BuiltDataset.open(folder)
-            check_vocabularies(run, dataset)
+            check_same_vocabulary(run, dataset)    # the same ids, or a CheckpointError naming both
             started = time.perf_counter()
             with torch.inference_mode():
                 scores = predict(model, _eval_loader(dataset, config, args.split))

@@ -26,11 +26,13 @@ def write_users(dataset_dir: str, out: str, drop_last: int = 2) -> dict:
     items = timelines.column("items").combine_chunks()
     lengths = np.diff(items.offsets.to_numpy())
     keep = np.maximum(lengths - drop_last, 0)
-    starts = items.offsets.to_numpy()[:-1]
-    flat = items.values.to_numpy()
-    index = np.concatenate([np.arange(s, s + k) for s, k in zip(starts, keep)]) if len(keep) else np.zeros(0, int)
-    raw_items = dataset.vocabulary("item").decode(flat[index].astype(np.int64))
-    offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int64)
+    # the first keep[u] values of every list, in one gather: output position j of user u reads
+    # input position starts[u] + (j - offsets[u])
+    shift = np.repeat(items.offsets.to_numpy()[:-1].astype(np.int64) - offsets[:-1], keep)
+    index = np.arange(int(offsets[-1]), dtype=np.int64) + shift
+    raw_items = dataset.vocabulary("item").decode(items.values.to_numpy()[index].astype(np.int64))
+    offsets = offsets.astype(np.int32)
     history = pa.ListArray.from_arrays(pa.array(offsets), raw_items)
     table = pa.table({"user": users, "history": history})
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@20", "hr@20", "ndcg@20", "recall@50", "hr@50", "ndcg@50")
 
 
-def _run(path: Path) -> dict:
+def _run(path: Path, datasets: dict) -> dict:
     """A finished run's facts and its test metrics re-ranked with the history masked (the
     baselines' protocol; the configs follow ComiRec's code, which does not mask)."""
     import dataclasses
@@ -34,7 +34,11 @@ def _run(path: Path) -> dict:
     config = dataclasses.replace(config, retrieval=dataclasses.replace(config.retrieval, mask_history=True,
                                                                        ks=[20, 50]))
     torch.set_num_threads(1)
-    masked = rank_split(net, open_dataset(config, build=False, progress=False), config, "test")
+    key = config.data.path or config.data.build
+    if key not in datasets:          # every seed of every model reads the same build: open it once
+        datasets[key] = open_dataset(config, build=False, progress=False)
+    torch.manual_seed(metrics["seed"])    # MIND's routing logits are random at evaluation too: a fixed draw
+    masked = rank_split(net, datasets[key], config, "test")
     return {"run": str(path), "model": model, "seed": metrics["seed"], "test": masked,
             "test_unmasked": metrics["splits"]["test"],
             "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
@@ -89,7 +93,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", default="amazon_beauty_users", help="the baselines' data name")
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args(argv)
-    runs = [_run(Path(p)) for p in args.runs if (Path(p) / "metrics.json").exists()]
+    datasets: dict = {}
+    runs = [_run(Path(p), datasets) for p in args.runs if (Path(p) / "metrics.json").exists()]
     if not runs:
         raise SystemExit("no finished run among --runs")
     baselines = json.loads((ROOT / "bench" / "results" / "retrieval_baselines.json").read_text())
