@@ -13,6 +13,8 @@ half-written build never looks finished)::
     rejections.json        the full rejection report
     vocab/{user,item,category}.parquet
     item_category.npy      [num_items] category id of each item id
+    user_split.npy         protocol.user_split_file only: the split per internal user id
+                           (-1 = by the hash; data_pipelines.user_splits)
     negative_pool/{offsets,items}.npy  negatives: candidates only: each user's pool of candidate
                            negatives (CSR over user ids; data_pipelines.candidate_pools)
     timelines/part-00000.parquet ...   one row per user: user, items, categories, behaviors, timestamps[, labels]
@@ -46,7 +48,7 @@ import pyarrow.parquet as pq
 from .columns import SAMPLE_COLUMNS, NpyAppender, SplitColumnWriter
 from .config import DataConfig, load_data_config, to_dict
 from .rejections import DataError, RejectionReport
-from . import candidate_pools
+from . import candidate_pools, user_splits
 from .samples import SPLITS, CandidateNegativeSampler, NegativeSampler, build_samples
 from .schema import BEHAVIORS, NUM_BEHAVIORS, check_events
 from .side_tables import (ContextCounter, SideTableWriter, check_side_fields, context_field_dicts, core_field_dicts,
@@ -173,6 +175,8 @@ def ensure_dataset(config: DataConfig, overwrite: bool = False, progress: bool =
                               "pass overwrite=True (--overwrite) to replace it")
     if config.protocol.negatives == "candidates":
         candidate_pools.check_file(config.protocol.negatives_file)
+    if config.protocol.user_split_file:
+        user_splits.check_file(config.protocol.user_split_file)
     missing = [d["path"] for d in inputs if d.get("missing")]
     if missing:
         raise DataError(f"{', '.join(missing)}: input file does not exist (source.paths of the data config)")
@@ -204,6 +208,8 @@ def _input_paths(config: DataConfig) -> list:
     paths += [p for p in (getattr(source, "item_file", ""), getattr(source, "user_file", "")) if p]
     if config.protocol.negatives == "candidates":
         paths.append(config.protocol.negatives_file)
+    if config.protocol.user_split_file:
+        paths.append(config.protocol.user_split_file)
     return paths
 
 
@@ -328,6 +334,7 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     item_category, conflicts = _item_categories(pa.concat_tables(pairs), vocabs)
     np.save(tmp / "item_category.npy", item_category)
     negative_pool = _write_negative_pool(config, vocabs, tmp)
+    fixed_split = _write_user_split(config, vocabs, tmp)
     side_fields, users_without_profile = _write_side_fields(config, side_tables, side_where, vocabs, context, report,
                                                             tmp)
     # timeline rows per partition are known now (one per user hashing there), so every
@@ -402,6 +409,8 @@ def _build_with(config: DataConfig, tmp: Path, progress: bool, pool) -> dict:
     }
     if negative_pool is not None:
         stats["negative_pool"] = negative_pool
+    if fixed_split is not None:
+        stats["user_split_file"] = fixed_split
     return stats
 
 
@@ -415,6 +424,17 @@ def _write_negative_pool(config: DataConfig, vocabs: dict, tmp: Path) -> Optiona
                                                                  vocabs["item"], protocol.negatives_top)
     candidate_pools.save_pool(tmp, offsets, items)
     return {"file": protocol.negatives_file, "negatives_top": protocol.negatives_top, **counts}
+
+
+def _write_user_split(config: DataConfig, vocabs: dict, tmp: Path) -> Optional[dict]:
+    """``protocol.user_split_file``: the split per internal user id into ``tmp/user_split.npy``
+    (read by every partition); returns the manifest's ``user_split_file`` counts (None otherwise)."""
+    path = config.protocol.user_split_file
+    if not path:
+        return None
+    fixed, counts = user_splits.read_user_split(path, vocabs["user"], SPLITS)
+    np.save(tmp / user_splits.ARRAY_FILE, fixed)
+    return {"file": path, **counts}
 
 
 def _write_side_fields(config: DataConfig, tables: dict, where: dict, vocabs: dict, context: ContextCounter,
@@ -517,8 +537,9 @@ def _partition_state(tmp: Path, config: DataConfig) -> dict:
     if _PARTITION_STATE.get("key") != key:
         vocabs = {name: Vocabulary.load(tmp / "vocab" / f"{name}.parquet") for name in ("user", "item", "category")}
         _PARTITION_STATE.clear()
+        fixed_split = np.load(tmp / user_splits.ARRAY_FILE) if config.protocol.user_split_file else None
         _PARTITION_STATE.update(key=key, vocabs=vocabs, item_category=np.load(tmp / "item_category.npy"),
-                                sampler=_negative_sampler(tmp, config, vocabs))
+                                sampler=_negative_sampler(tmp, config, vocabs), fixed_split=fixed_split)
     return _PARTITION_STATE
 
 
@@ -555,7 +576,8 @@ def _build_partition(job, write=_write_now) -> dict:
     negative_counts: dict = {}
     samples = build_samples(offsets, flat["item"], user_ids, state["item_category"], state["sampler"],
                             config.protocol, config.seed, p, labels=flat.get("label"),
-                            item_categories=flat["category"], counts=negative_counts)
+                            item_categories=flat["category"], counts=negative_counts,
+                            fixed_split=state["fixed_split"])
     split_np = samples.column("split").to_numpy()
     row_np = samples.column("row").to_numpy()     # partition-local row: one per user
     split_counts, split_users = {}, {}

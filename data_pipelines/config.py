@@ -88,6 +88,9 @@ class ProtocolConfig:
     target_stride: int = 5         # dare: distance between training targets
     user_split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # users protocol
     history_fraction: float = 0.8  # users protocol: share of an eval user's items used as history
+    # users protocol: Parquet (user, split) fixing the split of the users it lists; the others
+    # are split by the hash as without it (data_pipelines.user_splits)
+    user_split_file: str = ""
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -106,6 +109,8 @@ class ProtocolConfig:
         elif self.negatives_file or self.negatives_top:
             raise ValueError(f"protocol.negatives_file / negatives_top apply only to negatives: candidates, "
                              f"not {self.negatives!r}")
+        if self.user_split_file and self.name != "users":
+            raise ValueError(f"protocol.user_split_file applies only to the users protocol, not {self.name!r}")
         if self.negatives_top < 0:
             raise ValueError(f"protocol.negatives_top must be >= 0 (0 = every candidate), got {self.negatives_top}")
         if self.max_length < 1 or self.n_neg < 0 or self.n_train_targets < 1 or self.target_stride < 1:
@@ -254,12 +259,14 @@ def load_data_config(path: Path) -> DataConfig:
 
 def to_dict(config: Any) -> dict:
     """Plain dict of a config. An empty ``fields`` list and the unused candidate-negative keys
-    are left out, so the reuse key of a build made before they existed still matches the same
-    config today."""
+    are left out (as an unused ``user_split_file``), so the reuse key of a build made before
+    they existed still matches the same config today."""
     d = dataclasses.asdict(config)
     if isinstance(config, DataConfig) and not config.fields:
         d.pop("fields")
     if isinstance(config, DataConfig) and config.protocol.negatives != "candidates":
         d["protocol"].pop("negatives_file")
         d["protocol"].pop("negatives_top")
+    if isinstance(config, DataConfig) and not config.protocol.user_split_file:
+        d["protocol"].pop("user_split_file")
     return d

@@ -19,7 +19,8 @@ what is scored. Each protocol reproduces a published setup:
 ``users`` ComiRec's user split (Cen et al., KDD 2020): users split 80/10/10 by a hash of
           the user id; training users give every prefix as a positive; an evaluation user
           gives one row whose cut is at ``history_fraction`` of the timeline (the rest of
-          the timeline is the ground truth).
+          the timeline is the ground truth). ``protocol.user_split_file`` fixes the split
+          of the users it lists (data_pipelines.user_splits).
 
 Negatives are seeded, uniform, popularity-weighted or drawn from the user's retrieval
 candidates (:class:`CandidateNegativeSampler`), and never an item of the user's whole
@@ -50,7 +51,8 @@ def _expand(starts: np.ndarray, counts: np.ndarray) -> "tuple[np.ndarray, np.nda
     return owner, position + np.repeat(starts, counts)
 
 
-def protocol_cuts(lengths: np.ndarray, user_ids: np.ndarray, cfg: ProtocolConfig, seed: int):
+def protocol_cuts(lengths: np.ndarray, user_ids: np.ndarray, cfg: ProtocolConfig, seed: int,
+                  fixed_split: Optional[np.ndarray] = None):
     """Positive targets of one partition: (row [S], cut [S], split [S]) with 1 <= cut < length."""
     n = lengths.astype(np.int64)
     if cfg.name in ("din", "loo"):
@@ -77,6 +79,9 @@ def protocol_cuts(lengths: np.ndarray, user_ids: np.ndarray, cfg: ProtocolConfig
         share = _user_uniform(user_ids, seed)
         train_share, valid_share = cfg.user_split[0], cfg.user_split[1]
         user_split = np.where(share < train_share, TRAIN, np.where(share < train_share + valid_share, VALID, TEST))
+        if fixed_split is not None:   # protocol.user_split_file: its users' splits, the hash for the rest
+            listed = fixed_split[user_ids]
+            user_split = np.where(listed >= 0, listed, user_split)
         train_rows = np.flatnonzero((user_split == TRAIN) & (n >= 2))
         row_t, cut_t = _expand(np.ones(len(train_rows), np.int64), n[train_rows] - 1)
         row_t = train_rows[row_t]
@@ -213,7 +218,7 @@ class CandidateNegativeSampler(NegativeSampler):
 def build_samples(offsets: np.ndarray, items: np.ndarray, user_ids: np.ndarray, item_category: np.ndarray,
                   sampler: NegativeSampler, cfg: ProtocolConfig, seed: int, partition: int,
                   labels: Optional[np.ndarray] = None, item_categories: Optional[np.ndarray] = None,
-                  counts: Optional[dict] = None) -> pa.Table:
+                  counts: Optional[dict] = None, fixed_split: Optional[np.ndarray] = None) -> pa.Table:
     """Samples of one timeline partition (``row`` is the partition-local timeline row).
 
     offsets [U + 1], items [N] (this partition's flat timelines), user_ids [U],
@@ -221,10 +226,11 @@ def build_samples(offsets: np.ndarray, items: np.ndarray, user_ids: np.ndarray, 
     (explicit per-event labels, e.g. rating >= 4: then every cut is one sample with its
     own label and no negatives are drawn), item_categories [N] (each event's category).
     ``counts``: when given, the sampler's counts of how the negatives were drawn are added
-    to it (see :meth:`NegativeSampler.negatives`).
+    to it (see :meth:`NegativeSampler.negatives`). ``fixed_split`` [num_users] int8: the users
+    protocol's split per internal user id, -1 = by the hash (``protocol.user_split_file``).
     """
     lengths = np.diff(offsets)
-    row, cut, split = protocol_cuts(lengths, user_ids, cfg, seed)
+    row, cut, split = protocol_cuts(lengths, user_ids, cfg, seed, fixed_split)
     event = offsets[row] + cut
     positives = items[event]
     pos_category = item_categories[event] if item_categories is not None else item_category[positives]

@@ -10,7 +10,14 @@ what target attention is supposed to find:
   probability ``interest_prob`` (otherwise from the whole catalogue);
 * interests come in sessions: the next event keeps the previous event's interest with
   probability ``stickiness``, so the most recent behaviours of the target's interest are
-  the informative ones.
+  the informative ones;
+* optionally (``interest_coupling`` > 0, the distribution-shift mode of DESMIL's claim),
+  categories come in fixed pairs of neighbouring popularity, and a share of the users draws
+  its interests as whole pairs (both members of K/2 pairs: a dependency between interests,
+  as when items retrieved for different interests are exposed together), while the other
+  users draw one member of K distinct pairs (independent interests, never a pair).
+  :func:`interest_regimes` says which users are coupled and :func:`write_shift_split`
+  writes a user split whose test users are all independent (a ``protocol.user_split_file``).
 
 A pooled history blurs several interests into one vector; a target-attention model can
 pick the behaviours of the candidate's category, so on this data DIN should beat the
@@ -58,12 +65,19 @@ class SyntheticConfig:
     item_zipf: float = 1.1
     category_zipf: float = 1.05
     seed: int = 0
+    interest_coupling: float = 0.0     # share of users whose interests are coupled category pairs
 
     def __post_init__(self) -> None:
         if self.n_rows < 1 or self.n_items < self.n_categories or self.n_categories < self.interests_per_user:
             raise ValueError("need n_rows >= 1, n_items >= n_categories >= interests_per_user")
         if not 1 <= self.min_events <= self.max_events:
             raise ValueError("need 1 <= min_events <= max_events")
+        if not 0.0 <= self.interest_coupling <= 1.0:
+            raise ValueError(f"interest_coupling is a share of users in [0, 1], got {self.interest_coupling}")
+        if self.interest_coupling > 0 and (self.interests_per_user % 2
+                                           or self.n_categories < 2 * self.interests_per_user):
+            raise ValueError("interest_coupling needs an even interests_per_user (whole pairs) and "
+                             "n_categories >= 2 * interests_per_user (K distinct pairs for an independent user)")
 
 
 class _Catalogue:
@@ -102,13 +116,35 @@ def _user_lengths(cfg: SyntheticConfig, rng: np.random.Generator, n: int) -> np.
 
 
 def _user_interests(cfg: SyntheticConfig, cat: _Catalogue, user_seed: int, n_users: int):
+    """(interests [n_users, K] category indices, weights [n_users, K], coupled [n_users] bool)."""
     rng = np.random.default_rng([cfg.seed, 2, user_seed])
     k = cfg.interests_per_user
+    if cfg.interest_coupling > 0:
+        return _paired_interests(cfg, cat, user_seed, n_users)
     # Gumbel top-k: k distinct categories per user, drawn by category popularity
     keys = np.log(cat.category_prob)[None, :] + rng.gumbel(size=(n_users, cfg.n_categories))
     interests = np.argpartition(-keys, k - 1, axis=1)[:, :k]
     weights = rng.dirichlet(np.ones(k), size=n_users)
-    return interests, weights
+    return interests, weights, np.zeros(n_users, bool)
+
+
+def _paired_interests(cfg: SyntheticConfig, cat: _Catalogue, user_seed: int, n_users: int):
+    """The coupling mode: categories 2j and 2j + 1 (neighbours in popularity: category
+    indices are in popularity order) form pair j. A coupled user takes both members of K/2
+    pairs, [a, a', b, b'], an independent user one random member of K pairs; pairs are
+    drawn by their total popularity (Gumbel top-k)."""
+    rng = np.random.default_rng([cfg.seed, 8, user_seed])    # its own stream: the default mode is unchanged
+    k, n_pairs = cfg.interests_per_user, cfg.n_categories // 2
+    coupled = rng.random(n_users) < cfg.interest_coupling
+    pair_prob = cat.category_prob[:2 * n_pairs].reshape(n_pairs, 2).sum(1)
+    keys = np.log(pair_prob)[None, :] + rng.gumbel(size=(n_users, n_pairs))
+    pairs = np.argsort(-keys, axis=1)[:, :k]                                   # [n, K] distinct pairs
+    member = rng.integers(0, 2, (n_users, k))
+    independent = 2 * pairs + member
+    both = np.stack([2 * pairs[:, :k // 2], 2 * pairs[:, :k // 2] + 1], axis=2).reshape(n_users, k)
+    interests = np.where(coupled[:, None], both, independent)
+    weights = rng.dirichlet(np.ones(k), size=n_users)
+    return interests, weights, coupled
 
 
 def _users_per_chunk(cfg: SyntheticConfig) -> int:
@@ -130,7 +166,7 @@ def _chunks(cfg: SyntheticConfig) -> Iterator[dict]:
         lengths[-1] -= max(int(lengths.sum()) - remaining, 0)          # exact row count
         lengths = lengths[lengths > 0]
         n_users, total = len(lengths), int(lengths.sum())
-        interests, weights = _user_interests(cfg, cat, chunk_index, users_per_chunk)
+        interests, weights, _ = _user_interests(cfg, cat, chunk_index, users_per_chunk)
         interests, weights = interests[:n_users], weights[:n_users]
         owner = np.repeat(np.arange(n_users), lengths)                   # [total] local user
         first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -224,15 +260,59 @@ def generate_amazon(reviews_path: Path, meta_path: Path, n_rows: int = 100_000, 
 def planted_interests(config: SyntheticConfig) -> "tuple[np.ndarray, np.ndarray]":
     """Raw user ids [U] and raw category ids of each user's planted interests [U, K],
     in the order the generator assigns them (recomputed from the seed)."""
+    users, interests, _ = _planted(config)
+    return users, interests
+
+
+def interest_regimes(config: SyntheticConfig) -> "tuple[np.ndarray, np.ndarray]":
+    """Raw user ids [U] and whether each user's interests are coupled pairs [U] (all False
+    unless ``interest_coupling`` > 0)."""
+    users, _, coupled = _planted(config)
+    return users, coupled
+
+
+def _planted(config: SyntheticConfig):
     cat = _Catalogue(config)
-    users, interests = [], []
+    users, interests, coupled = [], [], []
     for chunk_index, cols in enumerate(_chunks(config)):
         first_user = int(cols["user"][0])
         n_users = int(cols["user"][-1]) - first_user + 1
-        chosen, _ = _user_interests(config, cat, chunk_index, _users_per_chunk(config))
+        chosen, _, pairs = _user_interests(config, cat, chunk_index, _users_per_chunk(config))
         users.append(np.arange(first_user, first_user + n_users, dtype=np.int64))
         interests.append(cat.raw_category_id[chosen[:n_users]])
-    return np.concatenate(users), np.concatenate(interests)
+        coupled.append(pairs[:n_users])
+    return np.concatenate(users), np.concatenate(interests), np.concatenate(coupled)
+
+
+def write_shift_split(path: Path, config: SyntheticConfig, test_share: float = 0.1,
+                      valid_share: float = 0.1) -> dict:
+    """Write a ``protocol.user_split_file`` for the coupling mode: a ``test_share`` of all users,
+    drawn from the independent users only, is the test split (the shifted distribution); a
+    ``valid_share`` drawn from the others is the validation split (the training
+    distribution, so model selection never sees the shift); the rest trains. Parquet columns
+    ``user`` (raw id, int64) and ``split`` (train / valid / test); written atomically. Returns
+    the users per (split, regime)."""
+    if config.interest_coupling <= 0:
+        raise ValueError("write_shift_split needs interest_coupling > 0 (there is no shift without coupled users)")
+    users, coupled = interest_regimes(config)
+    independent = ~coupled
+    if test_share * len(users) > independent.sum():
+        raise ValueError(f"test_share {test_share} of {len(users)} users needs {test_share * len(users):.0f} "
+                         f"independent users; only {int(independent.sum())} exist (interest_coupling "
+                         f"{config.interest_coupling})")
+    rng = np.random.default_rng([config.seed, 9])
+    split = np.full(len(users), "train", dtype=object)
+    n_test = int(round(test_share * len(users)))
+    split[rng.choice(np.flatnonzero(independent), n_test, replace=False)] = "test"
+    rest = np.flatnonzero(split == "train")
+    split[rng.choice(rest, int(round(valid_share * len(users))), replace=False)] = "valid"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(pa.table({"user": pa.array(users), "split": pa.array(split.tolist(), pa.string())}), str(tmp))
+    tmp.replace(path)
+    return {f"{name}_{regime}": int(((split == name) & (coupled == c)).sum())
+            for name in ("train", "valid", "test") for regime, c in (("coupled", True), ("independent", False))}
 
 
 def _progress(total: int, enabled: bool, desc: str):

@@ -116,12 +116,15 @@ class RetrievalOutput:
       after the last one).
     * sample_weights: [B] non-negative per-sample weights without gradient (DESMIL's
       decorrelating weights): the task's loss becomes Σ_b w_b ℓ_b / Σ_b w_b.
+    * diagnostics: named detached scalars the task logs as ``train/<name>`` (DESMIL's HSIC
+      before and after reweighting, the weights' spread); never part of the loss.
     """
 
     interests: Tensor
     aux_losses: Dict[str, Tensor] = field(default_factory=dict)
     sequence: Optional[Tensor] = None
     sample_weights: Optional[Tensor] = None
+    diagnostics: Dict[str, Tensor] = field(default_factory=dict)
 
 
 class RetrievalModel(_ItemSideFields, nn.Module):

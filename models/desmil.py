@@ -64,11 +64,14 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import torch
+from torch import Tensor
+
 from recsys.contract import Batch
 
 from .base import FeatureSpec, RetrievalOutput
 from .comirec import ComiRecSA
-from .layers.stable_weights import DecorrelationWeights
+from .layers.stable_weights import DecorrelationWeights, fourier_draws
 from .registry import register
 
 
@@ -107,14 +110,36 @@ class DESMIL(ComiRecSA):
             standardize=standardize)
 
     def user_interests(self, batch: Batch) -> RetrievalOutput:
-        """[B, K, D]; in training also ``sample_weights`` [B] (Σ = 1) and, with
+        """[B, K, D]; in training also ``sample_weights`` [B] (Σ = 1), the diagnostics
+        ``hsic_uniform`` / ``hsic_weighted`` (the batch's RFF-HSIC across interests with equal
+        and with the learned weights, one set of Fourier draws), ``weight_ess`` (effective
+        sample size 1 / Σ w², as a share of B) and ``weight_max`` (B · max w), and, with
         ``hsic_weight``, the aux loss ``hsic``."""
         output = super().user_interests(batch)
-        if not (self.training and self.reweight):
+        if not self.training:
             return output
         features = output.interests.reshape(output.interests.shape[0], -1)             # [B, K·D]
+        if not self.reweight:     # the ablation = ComiRec-SA, still reporting how dependent its interests are
+            output.diagnostics = self._diagnostics(features.detach(), None)
+            return output
         weights = self.reweighter(features)
         output.sample_weights = weights
+        output.diagnostics = self._diagnostics(features.detach(), weights)
         if self.hsic_weight > 0:
             output.aux_losses["hsic"] = self.hsic_weight * self.reweighter.hsic(features, weights)
         return output
+
+    @torch.no_grad()
+    def _diagnostics(self, features: Tensor, weights: Optional[Tensor]) -> dict:
+        """Does the reweighting do its job (DESMIL's claim: a rising HSIC goes with worse
+        results)? Both HSICs use the same draws, so their ratio is the weights' effect alone;
+        without weights (``reweight: false``) only ``hsic_uniform``."""
+        n = features.shape[0]
+        draws = fourier_draws(features.shape[1], self.reweighter.num_fourier, features.device)
+        uniform = torch.full((n,), 1.0 / n, dtype=features.dtype, device=features.device)
+        if weights is None:
+            return {"hsic_uniform": self.reweighter.hsic(features, uniform, draws)}
+        return {"hsic_uniform": self.reweighter.hsic(features, uniform, draws),
+                "hsic_weighted": self.reweighter.hsic(features, weights, draws),
+                "weight_ess": 1.0 / (n * weights.pow(2).sum()),
+                "weight_max": n * weights.max()}

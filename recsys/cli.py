@@ -124,11 +124,16 @@ def cmd_export(args) -> None:
 
 
 def cmd_data_generate(args) -> None:
-    from recsys.data_pipelines.synthetic import SyntheticConfig, generate_amazon, generate_userbehavior
+    from recsys.data_pipelines.synthetic import (SyntheticConfig, generate_amazon, generate_userbehavior,
+                                                 write_shift_split)
     from recsys.errors import ConfigError
     try:
         config = SyntheticConfig(n_rows=args.rows, seed=args.seed, n_items=args.items, n_categories=args.categories,
-                                 max_events=args.max_events)
+                                 max_events=args.max_events, mean_events=args.mean_events,
+                                 interest_coupling=args.interest_coupling)
+        if args.shift_split and not args.interest_coupling:
+            raise ValueError("--shift-split needs --interest-coupling > 0 (the shift is from coupled to independent "
+                             "interests)")
     except ValueError as exc:   # impossible settings (more categories than items, ...)
         raise ConfigError(f"recsys data generate: {exc}") from None
     if args.layout == "userbehavior":
@@ -139,6 +144,12 @@ def cmd_data_generate(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         reviews, meta = generate_amazon(out / "reviews.json", out / "meta.json", config=config)
         print(f"wrote {reviews} and {meta}")
+    if args.shift_split:
+        try:
+            counts = write_shift_split(Path(args.shift_split), config, args.shift_test_share, args.shift_valid_share)
+        except ValueError as exc:
+            raise ConfigError(f"recsys data generate: {exc}") from None
+        print(f"wrote the user split {args.shift_split} (protocol.user_split_file): {counts}")
 
 
 def cmd_data_build(args) -> None:
@@ -319,8 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=50_000, help="catalogue size (default: 50000)")
     p.add_argument("--categories", type=int, default=500, help="number of categories (default: 500)")
     p.add_argument("--max-events", type=int, default=10_000, help="longest user history")
+    p.add_argument("--mean-events", type=float, default=60.0, help="mean user length before clipping (default: 60)")
     p.add_argument("--layout", choices=["userbehavior", "amazon"], default="userbehavior",
                    help="raw format to imitate (default: userbehavior)")
+    p.add_argument("--interest-coupling", type=float, default=0.0, metavar="SHARE",
+                   help="share of users whose interests come as coupled category pairs (DESMIL's shift; default 0)")
+    p.add_argument("--shift-split", metavar="PARQUET",
+                   help="also write a users-protocol split whose test users all have independent interests "
+                   "(protocol.user_split_file)")
+    p.add_argument("--shift-test-share", type=float, default=0.1, help="share of users in the shifted test split")
+    p.add_argument("--shift-valid-share", type=float, default=0.1,
+                   help="share of users in the validation split (drawn from the training distribution)")
     p.set_defaults(func=cmd_data_generate)
     p = dsub.add_parser("build", help="raw logs → vocabularies, timelines, samples (from a data config)",
                         description="Builds a dataset from a data config (configs/data/*.yaml). An existing complete "

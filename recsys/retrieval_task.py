@@ -226,6 +226,8 @@ class RetrievalTask(L.LightningModule):
         self.samples_seen += batch.size
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
         self.log(f"train/{name}", objective.detach(), batch_size=batch.size)
+        for key, value in output.diagnostics.items():
+            self.log(f"train/{key}", value.detach(), batch_size=batch.size)
         return loss
 
     def on_train_epoch_start(self) -> None:

@@ -321,9 +321,17 @@ def test_desmil_weights_only_in_training_and_switch_off():
     out = model.user_interests(batch)
     assert out.sample_weights.shape == (8,) and out.sample_weights.sum().item() == pytest.approx(1.0, rel=1e-5)
     assert not out.sample_weights.requires_grad and out.aux_losses["hsic"].requires_grad
+    # the diagnostics the task logs: the weights' spread by hand, both HSICs non-negative
+    d, w = out.diagnostics, out.sample_weights
+    assert d["weight_ess"].item() == pytest.approx((w.sum() ** 2 / (w ** 2).sum()).item() / 8, rel=1e-5)
+    assert d["weight_max"].item() == pytest.approx(8 * w.max().item(), rel=1e-5)
+    assert 0 < d["weight_ess"].item() <= 1 + 1e-6 and d["hsic_uniform"] >= 0 and d["hsic_weighted"] >= 0
+    assert not any(v.requires_grad for v in d.values())
     assert model.eval().user_interests(batch).sample_weights is None
+    assert not model.user_interests(batch).diagnostics
     off = _model("DESMIL", reweight=False)
     assert off.user_interests(batch).sample_weights is None
+    assert set(off.user_interests(batch).diagnostics) == {"hsic_uniform"}
     sa = _model("ComiRecSA")
     sa.load_state_dict({k: v for k, v in off.state_dict().items() if not k.startswith("reweighter.")})
     assert torch.allclose(sa.eval().user_interests(batch).interests, off.eval().user_interests(batch).interests)
