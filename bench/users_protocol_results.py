@@ -4,7 +4,10 @@ baselines of the same build (bench/results/retrieval_baselines.json) → the ``u
 section of docs/results.md and bench/results/users_protocol.json.
 
     python bench/users_protocol_results.py --runs runs/retrieval/comirec_sa_amazon_beauty_seed{0,1,2} \\
-        runs/retrieval/mind_amazon_beauty_seed{0,1,2} --data amazon_beauty_users --update-docs
+        runs/retrieval/mind_amazon_beauty_seed{0,1,2} runs/retrieval/comirec_sa_amazon_toys_seed0 --update-docs
+
+Rows are grouped by the run's data build (its config's ``data.build`` name, e.g.
+``amazon_beauty_users``) and model; each data build gets the baselines of the same name.
 """
 
 from __future__ import annotations
@@ -39,58 +42,69 @@ def _run(path: Path, datasets: dict) -> dict:
         datasets[key] = open_dataset(config, build=False, progress=False)
     torch.manual_seed(metrics["seed"])    # MIND's routing logits are random at evaluation too: a fixed draw
     masked = rank_split(net, datasets[key], config, "test")
-    return {"run": str(path), "model": model, "seed": metrics["seed"], "test": masked,
+    data = Path(config.data.build).stem if config.data.build else Path(config.data.path).name
+    return {"run": str(path), "model": model, "data": data, "seed": metrics["seed"], "test": masked,
             "test_unmasked": metrics["splits"]["test"],
             "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
             "samples_per_second": metrics.get("train_samples_per_second"), "dataset": metrics["dataset"]}
 
 
-def summarise(runs, baselines: dict, data: str) -> dict:
+def summarise(runs, baselines: dict) -> dict:
     by_model: dict = {}
     for r in runs:
-        by_model.setdefault(r["model"], []).append(r)
+        by_model.setdefault((r["data"], r["model"]), []).append(r)
     rows = []
-    for model, rs in by_model.items():
-        row = {"model": model, "seeds": sorted(r["seed"] for r in rs), "epochs": [r["epochs"] for r in rs],
+    for (data, model), rs in by_model.items():
+        row = {"data": data, "model": model, "seeds": sorted(r["seed"] for r in rs),
+               "epochs": [r["epochs"] for r in rs], "users": rs[0]["test"].get("users"),
                "best_epochs": [r["best_epoch"] for r in rs],
                "samples_per_second": round(float(np.mean([r["samples_per_second"] or 0 for r in rs])), 1)}
         for m in METRICS:
             values = np.array([r["test"][m] for r in rs])
             row[m] = [round(float(values.mean()), 4), round(float(values.std(ddof=1)), 4) if len(values) > 1 else None]
         rows.append(row)
-    base = [b for b in baselines["rows"] if b["data"] == data and b["split"] == "test"]
-    return {"data": data, "models": rows, "baselines": base, "users": runs[0]["test"].get("users")}
+    datas = sorted({r["data"] for r in runs})
+    base = [b for b in baselines["rows"] if b["data"] in datas and b["split"] == "test"]
+    missing = sorted(set(datas) - {b["data"] for b in base})
+    if missing:
+        raise SystemExit(f"no baselines for {missing} in bench/results/retrieval_baselines.json: run "
+                         "bench/retrieval_baselines.py on their data configs first")
+    return {"data": datas, "models": rows, "baselines": base,
+            "users": {d: next(r["users"] for r in rows if r["data"] == d) for d in datas}}
 
 
 def docs_section(result: dict, command: str) -> str:
-    lines = ["## Multi-interest retrieval on the `users` protocol (Amazon Beauty)", "",
-             f"ComiRec's split (`configs/data/amazon_beauty_users.yaml`: users 80 / 10 / 10 by a hash of the id; "
-             f"an evaluation user's first 80 % of the timeline is the history, the rest the ground truth), full "
+    users = ", ".join(f"{d} {n}" for d, n in result["users"].items())
+    lines = ["## Multi-interest retrieval on the `users` protocol (Amazon Beauty and Toys)", "",
+             "ComiRec's split (`configs/data/amazon_{beauty,toys}_users.yaml`: users 80 / 10 / 10 by a hash of the "
+             "id; an evaluation user's first 80 % of the timeline is the history, the rest the ground truth), full "
              "ranking over every item with the history masked (as the baselines; the configs' own evaluation, in "
-             "each run's metrics.json, follows ComiRec's code and does not mask), "
-             f"{result['users']} test users; Recall@K = share of "
+             "each run's metrics.json, follows ComiRec's code and does not mask), test users: "
+             f"{users}; Recall@K = share of "
              "the user's ground-truth items in the top K, HR@K = share of users with at least one. Configs "
-             "`configs/{comirec_sa,comirec_dr,mind}_amazon_beauty.yaml` (sampled softmax over 1 280 popularity "
-             "negatives with logQ correction), selected on validation Recall@50, one torch thread each, two jobs "
-             "on the 2-core box, **15-epoch cap** (`--set trainer.max_epochs=15`; where the best epoch is the "
-             "last, the cap binds). Baselines from the same build's training samples "
+             "`configs/{comirec_sa,comirec_dr,mind}_amazon_{beauty,toys}.yaml`, `configs/desmil_amazon_beauty.yaml` "
+             "and `configs/sasrec_amazon_beauty_users.yaml` (all: sampled softmax over 1 280 popularity "
+             "negatives with logQ correction, D = 64), selected on validation Recall@50, one torch thread each, "
+             "two jobs on the 2-core box, **15-epoch cap** (`--set trainer.max_epochs=15`; where the best epoch "
+             "is the last, the cap binds). Baselines from the same build's training samples "
              "(`bench/retrieval_baselines.py`, deterministic). Command: `" + command + "`.", "",
-             "| model | seeds | best epochs | " + " | ".join(m.replace("recall", "Recall").replace("hr", "HR")
-                                                             .replace("ndcg", "NDCG") for m in METRICS) + " |",
-             "|---|---|---|" + "---|" * len(METRICS)]
-    for r in result["models"]:
-        cells = [f"{v[0]:.4f}" + (f" ± {v[1]:.4f}" if v[1] is not None else "") for v in (r[m] for m in METRICS)]
-        lines.append(f"| {r['model']} | {','.join(map(str, r['seeds']))} | {r['best_epochs']} of {r['epochs']} | "
-                     + " | ".join(cells) + " |")
-    for b in result["baselines"]:
-        lines.append(f"| {b['baseline']} (baseline) | – | – | " + " | ".join(f"{b[m]:.4f}" for m in METRICS) + " |")
+             "| data | model | seeds | best epochs | " + " | ".join(m.replace("recall", "Recall").replace("hr", "HR")
+                                                                    .replace("ndcg", "NDCG") for m in METRICS) + " |",
+             "|---|---|---|---|" + "---|" * len(METRICS)]
+    for data in result["data"]:
+        for r in (r for r in result["models"] if r["data"] == data):
+            cells = [f"{v[0]:.4f}" + (f" ± {v[1]:.4f}" if v[1] is not None else "") for v in (r[m] for m in METRICS)]
+            lines.append(f"| {data} | {r['model']} | {','.join(map(str, r['seeds']))} | {r['best_epochs']} of "
+                         f"{r['epochs']} | " + " | ".join(cells) + " |")
+        for b in (b for b in result["baselines"] if b["data"] == data):
+            lines.append(f"| {data} | {b['baseline']} (baseline) | – | – | "
+                         + " | ".join(f"{b[m]:.4f}" for m in METRICS) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", required=True)
-    parser.add_argument("--data", default="amazon_beauty_users", help="the baselines' data name")
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args(argv)
     datasets: dict = {}
@@ -98,7 +112,7 @@ def main(argv=None) -> dict:
     if not runs:
         raise SystemExit("no finished run among --runs")
     baselines = json.loads((ROOT / "bench" / "results" / "retrieval_baselines.json").read_text())
-    result = summarise(runs, baselines, args.data)
+    result = summarise(runs, baselines)
     command = "python bench/users_protocol_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result["command"] = command
     (ROOT / "bench" / "results" / "users_protocol.json").write_text(json.dumps(result, indent=2))
@@ -108,7 +122,7 @@ def main(argv=None) -> dict:
         write_section(ROOT / "docs" / "results.md", "users-protocol", docs_section(result, command),
                       "bench/users_protocol_results.py", title="# Results")
     for r in result["models"]:
-        print(r["model"], r["seeds"], {m: r[m] for m in ("recall@20", "hr@20", "recall@50")})
+        print(r["data"], r["model"], r["seeds"], {m: r[m] for m in ("recall@20", "hr@20", "recall@50")})
     return result
 
 

@@ -11,13 +11,16 @@ what target attention is supposed to find:
 * interests come in sessions: the next event keeps the previous event's interest with
   probability ``stickiness``, so the most recent behaviours of the target's interest are
   the informative ones;
-* optionally (``interest_coupling`` > 0, the distribution-shift mode of DESMIL's claim),
-  categories come in fixed pairs of neighbouring popularity, and a share of the users draws
-  its interests as whole pairs (both members of K/2 pairs: a dependency between interests,
-  as when items retrieved for different interests are exposed together), while the other
-  users draw one member of K distinct pairs (independent interests, never a pair).
+* optionally (``interest_coupling`` set, the distribution-shift mode of DESMIL's claim),
+  categories come in fixed pairs of neighbouring popularity, and that share of the users
+  draws its interests as whole pairs (both members of K/2 pairs: a dependency between
+  interests, as when items retrieved for different interests are exposed together), while
+  the other users draw one member of K distinct pairs (independent interests, never a pair).
   :func:`interest_regimes` says which users are coupled and :func:`write_shift_split`
   writes a user split whose test users are all independent (a ``protocol.user_split_file``).
+  The regime draw comes first and the rest of the draws do not depend on it, so a user who
+  is independent at share c has the same interests and events at every share c' < c: share
+  0 with the same split file is the unshifted control of the same test users.
 
 A pooled history blurs several interests into one vector; a target-attention model can
 pick the behaviours of the candidate's category, so on this data DIN should beat the
@@ -65,17 +68,19 @@ class SyntheticConfig:
     item_zipf: float = 1.1
     category_zipf: float = 1.05
     seed: int = 0
-    interest_coupling: float = 0.0     # share of users whose interests are coupled category pairs
+    # share of users whose interests are coupled category pairs (None: no pairs, the default generator)
+    interest_coupling: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.n_rows < 1 or self.n_items < self.n_categories or self.n_categories < self.interests_per_user:
             raise ValueError("need n_rows >= 1, n_items >= n_categories >= interests_per_user")
         if not 1 <= self.min_events <= self.max_events:
             raise ValueError("need 1 <= min_events <= max_events")
+        if self.interest_coupling is None:
+            return
         if not 0.0 <= self.interest_coupling <= 1.0:
             raise ValueError(f"interest_coupling is a share of users in [0, 1], got {self.interest_coupling}")
-        if self.interest_coupling > 0 and (self.interests_per_user % 2
-                                           or self.n_categories < 2 * self.interests_per_user):
+        if self.interests_per_user % 2 or self.n_categories < 2 * self.interests_per_user:
             raise ValueError("interest_coupling needs an even interests_per_user (whole pairs) and "
                              "n_categories >= 2 * interests_per_user (K distinct pairs for an independent user)")
 
@@ -117,10 +122,10 @@ def _user_lengths(cfg: SyntheticConfig, rng: np.random.Generator, n: int) -> np.
 
 def _user_interests(cfg: SyntheticConfig, cat: _Catalogue, user_seed: int, n_users: int):
     """(interests [n_users, K] category indices, weights [n_users, K], coupled [n_users] bool)."""
+    if cfg.interest_coupling is not None:
+        return _paired_interests(cfg, cat, user_seed, n_users)
     rng = np.random.default_rng([cfg.seed, 2, user_seed])
     k = cfg.interests_per_user
-    if cfg.interest_coupling > 0:
-        return _paired_interests(cfg, cat, user_seed, n_users)
     # Gumbel top-k: k distinct categories per user, drawn by category popularity
     keys = np.log(cat.category_prob)[None, :] + rng.gumbel(size=(n_users, cfg.n_categories))
     interests = np.argpartition(-keys, k - 1, axis=1)[:, :k]
@@ -266,7 +271,7 @@ def planted_interests(config: SyntheticConfig) -> "tuple[np.ndarray, np.ndarray]
 
 def interest_regimes(config: SyntheticConfig) -> "tuple[np.ndarray, np.ndarray]":
     """Raw user ids [U] and whether each user's interests are coupled pairs [U] (all False
-    unless ``interest_coupling`` > 0)."""
+    unless ``interest_coupling`` is set and > 0)."""
     users, _, coupled = _planted(config)
     return users, coupled
 
@@ -292,7 +297,7 @@ def write_shift_split(path: Path, config: SyntheticConfig, test_share: float = 0
     distribution, so model selection never sees the shift); the rest trains. Parquet columns
     ``user`` (raw id, int64) and ``split`` (train / valid / test); written atomically. Returns
     the users per (split, regime)."""
-    if config.interest_coupling <= 0:
+    if not config.interest_coupling:
         raise ValueError("write_shift_split needs interest_coupling > 0 (there is no shift without coupled users)")
     users, coupled = interest_regimes(config)
     independent = ~coupled

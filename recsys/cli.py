@@ -333,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean-events", type=float, default=60.0, help="mean user length before clipping (default: 60)")
     p.add_argument("--layout", choices=["userbehavior", "amazon"], default="userbehavior",
                    help="raw format to imitate (default: userbehavior)")
-    p.add_argument("--interest-coupling", type=float, default=0.0, metavar="SHARE",
-                   help="share of users whose interests come as coupled category pairs (DESMIL's shift; default 0)")
+    p.add_argument("--interest-coupling", type=float, default=None, metavar="SHARE",
+                   help="pair mode (DESMIL's shift): the share of users whose interests come as coupled category "
+                   "pairs, the others independent; 0 = every user independent, the unshifted control "
+                   "(default: no pairs)")
     p.add_argument("--shift-split", metavar="PARQUET",
                    help="also write a users-protocol split whose test users all have independent interests "
                    "(protocol.user_split_file)")

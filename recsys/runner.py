@@ -129,6 +129,15 @@ def make_task(config: RunConfig, model: nn.Module, dataset: BuiltDataset) -> L.L
 def _check_run(config: RunConfig, dataset: BuiltDataset) -> None:
     if config.family == "retrieval":
         SplitTruth(dataset, "test")           # refuses protocols with negatives (din, dare)
+        if dataset.manifest.get("has_labels"):
+            # explicit labels (MovieLens ratings under source.rating_threshold) would be trained as
+            # positives: retrieval learns from interactions only, so a label-0 sample is refused, not used
+            negatives = int((dataset.sample_columns("train")["label"] == 0).sum())
+            if negatives:
+                raise ConfigError(f"{dataset.path}: {negatives} training samples have label 0 (explicit labels, "
+                                  "e.g. ratings below source.rating_threshold), and a retrieval model trains every "
+                                  "sample as a positive; build the data without them (source.rating_threshold: 0 "
+                                  "makes every rating an interaction, source.behaviors keeps chosen behaviours)")
         if max(config.retrieval.ks) > dataset.num_items - 2:
             raise ConfigError(f"retrieval.ks: K = {max(config.retrieval.ks)} exceeds the {dataset.num_items - 2} "
                               "items of the dataset")

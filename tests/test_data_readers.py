@@ -254,3 +254,28 @@ def test_multibehavior_bad_lines(tmp_path):
     bad.write_bytes((folder / "view.txt").read_bytes())
     with pytest.raises(DataError, match="cannot read the archive"):
         read(read_multibehavior, SourceConfig(format="multibehavior", paths=[str(bad)]))
+
+
+def test_retrieval_refuses_label_0_samples_and_trains_with_every_rating_an_interaction(tmp_path):
+    from recsys.config import parse_config
+    from recsys.errors import ConfigError
+    from recsys.runner import fit
+    inter = tmp_path / "ml.inter"
+    rows = [(u, 10 + (u * 7 + k) % 9, 1 + (u + k) % 5, 1000 + k) for u in range(1, 9) for k in range(8)]
+    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                     + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+
+    def run(threshold, name):
+        data = DataConfig(output=str(tmp_path / name), protocol=ProtocolConfig(name="loo", max_length=4),
+                          source=SourceConfig(format="movielens", paths=[str(inter)], rating_threshold=threshold))
+        out = build_dataset(data, progress=False)
+        config = parse_config({"name": name, "output_dir": str(tmp_path / f"run_{name}"),
+                               "model": {"class_path": "ComiRecSA", "init_args": {"embedding_dim": 8}},
+                               "data": {"path": str(out), "batch_size": 8},
+                               "retrieval": {"negatives": "uniform", "num_negatives": 4, "ks": [5]},
+                               "trainer": {"max_epochs": 1, "monitor": "valid/recall@5"}})
+        return fit(config, progress=False)
+
+    with pytest.raises(ConfigError, match=r"training samples have label 0 .*rating_threshold: 0"):
+        run(4.0, "explicit")
+    assert (run(0.0, "implicit") / "metrics.json").exists()

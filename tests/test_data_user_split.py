@@ -3,8 +3,12 @@ mode that gives it a shifted test split (DESMIL's claim): the generator's pairs,
 file it writes, real builds with the file (listed, hashed and unknown users, the manifest's
 counts, workers), and every bad file named by file, row and field."""
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -40,6 +44,22 @@ def test_coupled_users_take_whole_pairs_and_independent_users_never_a_pair():
     assert not interest_regimes(plain)[1].any()
 
 
+def test_share_0_is_the_control_an_independent_user_keeps_its_interests_and_events(tmp_path):
+    control = dataclasses.replace(COUPLED, interest_coupling=0.0)
+    users, coupled = interest_regimes(COUPLED)
+    assert not interest_regimes(control)[1].any()
+    independent = ~coupled
+    assert np.array_equal(planted_interests(COUPLED)[1][independent], planted_interests(control)[1][independent])
+    events = {}
+    for name, config in (("shifted", COUPLED), ("control", control)):
+        path = generate_userbehavior(tmp_path / f"{name}.csv", config.n_rows, config=config)
+        events[name] = pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=["u", "i", "c", "b", "t"]))
+    keep = pa.array(users[independent])
+    same = [t.filter(pc.is_in(t.column("u"), keep)) for t in events.values()]
+    assert same[0].num_rows > 1000 and same[0].equals(same[1])
+    assert not events["shifted"].equals(events["control"])       # the coupled users' events do differ
+
+
 def test_the_coupling_mode_rejects_impossible_settings():
     with pytest.raises(ValueError, match="interest_coupling is a share"):
         SyntheticConfig(interest_coupling=1.5)
@@ -47,6 +67,8 @@ def test_the_coupling_mode_rejects_impossible_settings():
         SyntheticConfig(interests_per_user=3, interest_coupling=0.5)
     with pytest.raises(ValueError, match="needs interest_coupling > 0"):
         write_shift_split("x.parquet", SyntheticConfig(n_rows=100))
+    with pytest.raises(ValueError, match="needs interest_coupling > 0"):
+        write_shift_split("x.parquet", dataclasses.replace(COUPLED, interest_coupling=0.0))
     with pytest.raises(ValueError, match="independent users"):
         write_shift_split("x.parquet", COUPLED, test_share=0.5)
 
