@@ -22,6 +22,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@20", "recall@50", "hr@50", "ndcg@50")
+# the generator settings of bench/desmil_shift.sh: which training users are coupled is recomputed
+# from them (and checked against the split file: every test user must be independent)
+GENERATOR = dict(n_rows=100_000, n_items=3_000, n_categories=40, mean_events=25.0, interest_coupling=0.7)
+PROBE_BATCHES = 40
 DIAGNOSTICS = ("train/hsic_uniform", "train/hsic_weighted", "train/weight_ess", "train/weight_max")
 
 
@@ -39,6 +43,50 @@ def epoch_means(path: Path) -> dict:
     return out
 
 
+def coupled_internal_users(dataset) -> np.ndarray:
+    """[num_users] bool: the user's interests are coupled pairs (internal user ids)."""
+    import pyarrow as pa
+
+    from recsys.data_pipelines.synthetic import SyntheticConfig, interest_regimes
+    users, coupled = interest_regimes(SyntheticConfig(**GENERATOR))
+    vocab = dataset.vocabulary("user")
+    ids = vocab.encode(pa.array(users))
+    out = np.zeros(vocab.size, bool)
+    out[ids] = coupled
+    test_users = dataset.sample_columns("test")["user"]
+    if out[test_users].any() or len(users) != vocab.size - 2:
+        raise SystemExit(f"{dataset.path}: the users do not match bench/desmil_shift.py's GENERATOR settings")
+    return out
+
+
+def weights_by_regime(net, dataset, config, coupled: np.ndarray) -> dict:
+    """Do DESMIL's weights find the coupled users? The trained model's reweighter on
+    ``PROBE_BATCHES`` shuffled training batches (its memory is restored afterwards): the mean of
+    B·w over the samples of coupled and of independent users (1 = the uniform weight)."""
+    import torch
+
+    from recsys.data_pipelines.loader import SampleLoader
+    saved = {k: v.clone() for k, v in net.reweighter.state_dict().items()}
+    net.train()
+    loader = SampleLoader(dataset, "train", config.data.batch_size, max_length=config.data.max_length,
+                          shuffle=True, seed=0, fields=config.data.fields)
+    sums = {True: [], False: []}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i >= PROBE_BATCHES:
+                break
+            weights = net.user_interests(batch).sample_weights * batch.size
+            regime = coupled[batch.user.numpy()]
+            for key in (True, False):
+                sums[key] += weights[torch.from_numpy(regime == key)].tolist()
+    net.reweighter.load_state_dict(saved)
+    net.eval()
+    return {"coupled_mean_weight": round(float(np.mean(sums[True])), 4),
+            "independent_mean_weight": round(float(np.mean(sums[False])), 4),
+            "coupled_share": round(len(sums[True]) / (len(sums[True]) + len(sums[False])), 4)}
+
+
 def run_result(path: Path, datasets: dict) -> dict:
     import torch
 
@@ -54,11 +102,14 @@ def run_result(path: Path, datasets: dict) -> dict:
     data = Path(key).stem
     if data.endswith("_control"):
         arm += ", control data (no coupled users)"
+    probe = None
+    if args.get("reweight", True) and not data.endswith("_control"):
+        probe = weights_by_regime(net, datasets[key], config, coupled_internal_users(datasets[key]))
     return {"run": str(path), "arm": arm, "seed": metrics["seed"], "epochs": metrics["epochs"],
             "best_epoch": metrics["best_epoch"], "samples_per_second": metrics.get("train_samples_per_second"),
             "valid": rank_split(net, datasets[key], config, "valid"),
             "test": rank_split(net, datasets[key], config, "test"), "diagnostics": epoch_means(path),
-            "dataset": key, "data": data}
+            "dataset": key, "data": data, "weights_by_regime": probe}
 
 
 def summarise(runs: list, baselines: dict) -> dict:
@@ -74,6 +125,10 @@ def summarise(runs: list, baselines: dict) -> dict:
             for m in METRICS:
                 v = np.array([r[split][m] for r in rs])
                 row[f"{split}_{m}"] = [round(float(v.mean()), 4), round(float(v.std(ddof=1)), 4) if len(v) > 1 else None]
+        probes = [r["weights_by_regime"] for r in rs if r["weights_by_regime"]]
+        if probes:
+            row["coupled_mean_weight"] = round(float(np.mean([p["coupled_mean_weight"] for p in probes])), 4)
+            row["independent_mean_weight"] = round(float(np.mean([p["independent_mean_weight"] for p in probes])), 4)
         for key in ("hsic_uniform", "hsic_weighted", "weight_ess", "weight_max"):
             series = [r["diagnostics"][key] for r in rs if key in r["diagnostics"]]
             if series:   # first and last epoch, mean over seeds
@@ -87,7 +142,7 @@ def docs_section(result: dict, command: str, manifest: dict) -> str:
     counts = manifest.get("user_split_file", {})
     head = ("| arm | seeds | best epochs | valid Recall@20 | valid Recall@50 | test Recall@20 | test Recall@50 | "
             "test NDCG@50 | test − valid Recall@50 | HSIC, equal weights (first → last epoch) | "
-            "HSIC, DESMIL's weights | weights' ESS / B |")
+            "HSIC, DESMIL's weights | weights' ESS / B | mean B·w: coupled / independent users |")
     lines = ["### DESMIL under a planted interest shift (generated data)", "",
              "`configs/data/desmil_shift.yaml`: generated logs (100 000 events, 2 938 items, 40 categories in 20 "
              "fixed pairs) where 70 % of the users draw their four interests as two whole pairs (a dependency "
@@ -102,7 +157,7 @@ def docs_section(result: dict, command: str, manifest: dict) -> str:
              "as on Beauty; at most 10 epochs, patience 3, selected on validation Recall@50; one thread each. "
              "HSIC = the batch's RFF-HSIC across interests (z-scored coordinates, one Fourier draw per step), "
              "mean over each epoch's logged steps. Command: `" + command + "`.", "", head,
-             "|---|---|---|" + "---|" * 9]
+             "|---|---|---|" + "---|" * 10]
     for r in result["arms"]:
         def cell(key):
             v = r[key]
@@ -111,16 +166,18 @@ def docs_section(result: dict, command: str, manifest: dict) -> str:
         gap = r["test_recall@50"][0] - r["valid_recall@50"][0]
         diag = [f"{r[k][0]:.2e} → {r[k][1]:.2e}" if k in r else "–" for k in ("hsic_uniform", "hsic_weighted")]
         ess = f"{r['weight_ess'][0]:.3f} → {r['weight_ess'][1]:.3f}" if "weight_ess" in r else "–"
+        by_regime = (f"{r['coupled_mean_weight']:.3f} / {r['independent_mean_weight']:.3f}"
+                     if "coupled_mean_weight" in r else "–")
         lines.append(f"| {r['arm']} | {','.join(map(str, r['seeds']))} | {r['best_epochs']} of {r['epochs']} | "
                      + " | ".join(cell(f"{s}_{m}") for s, m in (("valid", "recall@20"), ("valid", "recall@50"),
                                                                  ("test", "recall@20"), ("test", "recall@50"),
                                                                  ("test", "ndcg@50")))
-                     + f" | {gap:+.4f} | {diag[0]} | {diag[1]} | {ess} |")
+                     + f" | {gap:+.4f} | {diag[0]} | {diag[1]} | {ess} | {by_regime} |")
     for name in ("popularity", "cooccurrence"):
         v, t = result["baselines"]["valid"][name], result["baselines"]["test"][name]
         lines.append(f"| {name} (baseline) | – | – | {v['recall@20']:.4f} | {v['recall@50']:.4f} | "
                      f"{t['recall@20']:.4f} | {t['recall@50']:.4f} | {t['ndcg@50']:.4f} | "
-                     f"{t['recall@50'] - v['recall@50']:+.4f} | – | – | – |")
+                     f"{t['recall@50'] - v['recall@50']:+.4f} | – | – | – | – |")
     return "\n".join(lines)
 
 
