@@ -143,7 +143,7 @@ def docs_section(result: dict, command: str, manifest: dict) -> str:
     head = ("| arm | seeds | best epochs | valid Recall@20 | valid Recall@50 | test Recall@20 | test Recall@50 | "
             "test NDCG@50 | test − valid Recall@50 | HSIC, equal weights (first → last epoch) | "
             "HSIC, DESMIL's weights | weights' ESS / B | mean B·w: coupled / independent users |")
-    lines = ["### DESMIL under a planted interest shift (generated data)", "",
+    lines = ["## DESMIL under a planted interest shift (generated data)", "",
              "`configs/data/desmil_shift.yaml`: generated logs (100 000 events, 2 938 items, 40 categories in 20 "
              "fixed pairs) where 70 % of the users draw their four interests as two whole pairs (a dependency "
              "between interests, as co-exposure makes one) and the others one member of each of four distinct "
