@@ -80,7 +80,8 @@ class DESMIL(ComiRecSA):
     """ComiRec-SA with decorrelating sample weights in training (see module docstring).
 
     Args (besides ComiRec-SA's):
-        reweight: learn the sample weights (False: plain ComiRec-SA, the ablation).
+        reweight: learn the sample weights (False: plain ComiRec-SA, the ablation, which
+            still logs ``hsic_uniform`` so both arms' dependence can be compared).
         pairs: ``cross_interest`` (default) or ``all`` (StableNet's pairs).
         num_fourier, sum_cos_sin, rescale: the random Fourier features (1, True, True).
         inner_steps, inner_lr, inner_momentum: the weight optimisation (20, 1.0, 0.9).
