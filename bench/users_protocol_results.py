@@ -75,15 +75,19 @@ def summarise(runs, baselines: dict) -> dict:
 
 def docs_section(result: dict, command: str) -> str:
     users = ", ".join(f"{d} {n}" for d, n in result["users"].items())
-    lines = ["## Multi-interest retrieval on the `users` protocol (Amazon Beauty and Toys)", "",
-             "ComiRec's split (`configs/data/amazon_{beauty,toys}_users.yaml`: users 80 / 10 / 10 by a hash of the "
+    names = {"amazon_beauty_users": "Amazon Beauty", "amazon_toys_users": "Amazon Toys",
+             "ml100k_users": "MovieLens 100K"}
+    title = ", ".join(names.get(d, d) for d in result["data"])
+    lines = [f"## Multi-interest retrieval on the `users` protocol ({title})", "",
+             "ComiRec's split (`configs/data/{amazon_beauty,amazon_toys,ml100k}_users.yaml`: users 80 / 10 / 10 by a hash of the "
              "id; an evaluation user's first 80 % of the timeline is the history, the rest the ground truth), full "
              "ranking over every item with the history masked (as the baselines; the configs' own evaluation, in "
              "each run's metrics.json, follows ComiRec's code and does not mask), test users: "
              f"{users}; Recall@K = share of "
              "the user's ground-truth items in the top K, HR@K = share of users with at least one. Configs "
-             "`configs/{comirec_sa,comirec_dr,mind}_amazon_{beauty,toys}.yaml`, `configs/desmil_amazon_beauty.yaml` "
-             "and `configs/sasrec_amazon_beauty_users.yaml` (all: sampled softmax over 1 280 popularity "
+             "`configs/{comirec_sa,comirec_dr,mind}_{amazon_beauty,amazon_toys,ml100k}.yaml`, "
+             "`configs/desmil_amazon_beauty.yaml` and `configs/sasrec_{amazon_beauty,ml100k}_users.yaml` (all: sampled "
+             "softmax over 1 280 popularity "
              "negatives with logQ correction, D = 64), selected on validation Recall@50, one torch thread each, "
              "two jobs on the 2-core box, **15-epoch cap** (`--set trainer.max_epochs=15`; where the best epoch "
              "is the last, the cap binds). Baselines from the same build's training samples "
