@@ -22,9 +22,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@20", "recall@50", "hr@50", "ndcg@50")
-# the generator settings of bench/desmil_shift.sh: which training users are coupled is recomputed
-# from them (and checked against the split file: every test user must be independent)
-GENERATOR = dict(n_rows=100_000, n_items=3_000, n_categories=40, mean_events=25.0, interest_coupling=0.7)
 PROBE_BATCHES = 40
 DIAGNOSTICS = ("train/hsic_uniform", "train/hsic_weighted", "train/weight_ess", "train/weight_max")
 
@@ -44,18 +41,25 @@ def epoch_means(path: Path) -> dict:
 
 
 def coupled_internal_users(dataset) -> np.ndarray:
-    """[num_users] bool: the user's interests are coupled pairs (internal user ids)."""
-    import pyarrow as pa
+    """[num_users] bool: the user's interests are coupled pairs (internal user ids), read from the
+    regimes file that `recsys data generate --shift-split` writes beside the build's user split."""
+    import pyarrow.parquet as pq
 
-    from recsys.data_pipelines.synthetic import SyntheticConfig, interest_regimes
-    users, coupled = interest_regimes(SyntheticConfig(**GENERATOR))
+    from recsys.data_pipelines.synthetic import shift_regimes_path
+    split_file = dataset.manifest["user_split_file"]["file"]
+    path = shift_regimes_path(ROOT / split_file)
+    if not path.exists():
+        raise SystemExit(f"{path}: missing; regenerate the data with bench/desmil_shift.sh "
+                         f"(recsys data generate --shift-split {split_file} writes it)")
+    table = pq.read_table(path)
     vocab = dataset.vocabulary("user")
-    ids = vocab.encode(pa.array(users))
+    ids = vocab.encode(table["user"].combine_chunks())
     out = np.zeros(vocab.size, bool)
-    out[ids] = coupled
+    out[ids] = table["coupled"].to_numpy()
     test_users = dataset.sample_columns("test")["user"]
-    if out[test_users].any() or len(users) != vocab.size - 2:
-        raise SystemExit(f"{dataset.path}: the users do not match bench/desmil_shift.py's GENERATOR settings")
+    if out[test_users].any() or table.num_rows != vocab.size - 2:
+        raise SystemExit(f"{path}: its users do not match the build {dataset.path} "
+                         f"({table.num_rows} users, {vocab.size - 2} in the build's vocabulary)")
     return out
 
 

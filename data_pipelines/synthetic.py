@@ -289,14 +289,28 @@ def _planted(config: SyntheticConfig):
     return np.concatenate(users), np.concatenate(interests), np.concatenate(coupled)
 
 
+def shift_regimes_path(split_path: Path) -> Path:
+    """Where :func:`write_shift_split` puts the users' regimes: ``<split stem>_regimes.parquet``."""
+    split_path = Path(split_path)
+    return split_path.with_name(split_path.stem + "_regimes.parquet")
+
+
+def _write_atomic(path: Path, table: "pa.Table") -> None:
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(table, str(tmp))
+    tmp.replace(path)
+
+
 def write_shift_split(path: Path, config: SyntheticConfig, test_share: float = 0.1,
                       valid_share: float = 0.1) -> dict:
     """Write a ``protocol.user_split_file`` for the coupling mode: a ``test_share`` of all users,
     drawn from the independent users only, is the test split (the shifted distribution); a
     ``valid_share`` drawn from the others is the validation split (the training
     distribution, so model selection never sees the shift); the rest trains. Parquet columns
-    ``user`` (raw id, int64) and ``split`` (train / valid / test); written atomically. Returns
-    the users per (split, regime)."""
+    ``user`` (raw id, int64) and ``split`` (train / valid / test); written atomically. Beside it,
+    :func:`shift_regimes_path` gets each user's regime (``user``, ``coupled``), so an analysis reads
+    which users are coupled instead of regenerating them; it is not a build input. Returns the
+    users per (split, regime)."""
     if not config.interest_coupling:
         raise ValueError("write_shift_split needs interest_coupling > 0 (there is no shift without coupled users)")
     users, coupled = interest_regimes(config)
@@ -313,9 +327,8 @@ def write_shift_split(path: Path, config: SyntheticConfig, test_share: float = 0
     split[rng.choice(rest, int(round(valid_share * len(users))), replace=False)] = "valid"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(pa.table({"user": pa.array(users), "split": pa.array(split.tolist(), pa.string())}), str(tmp))
-    tmp.replace(path)
+    _write_atomic(path, pa.table({"user": pa.array(users), "split": pa.array(split.tolist(), pa.string())}))
+    _write_atomic(shift_regimes_path(path), pa.table({"user": pa.array(users), "coupled": pa.array(coupled)}))
     return {f"{name}_{regime}": int(((split == name) & (coupled == c)).sum())
             for name in ("train", "valid", "test") for regime, c in (("coupled", True), ("independent", False))}
 

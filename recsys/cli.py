@@ -125,7 +125,7 @@ def cmd_export(args) -> None:
 
 def cmd_data_generate(args) -> None:
     from recsys.data_pipelines.synthetic import (SyntheticConfig, generate_amazon, generate_userbehavior,
-                                                 write_shift_split)
+                                                 shift_regimes_path, write_shift_split)
     from recsys.errors import ConfigError
     try:
         config = SyntheticConfig(n_rows=args.rows, seed=args.seed, n_items=args.items, n_categories=args.categories,
@@ -149,7 +149,8 @@ def cmd_data_generate(args) -> None:
             counts = write_shift_split(Path(args.shift_split), config, args.shift_test_share, args.shift_valid_share)
         except ValueError as exc:
             raise ConfigError(f"recsys data generate: {exc}") from None
-        print(f"wrote the user split {args.shift_split} (protocol.user_split_file): {counts}")
+        print(f"wrote the user split {args.shift_split} (protocol.user_split_file): {counts}; "
+              f"each user's regime in {shift_regimes_path(Path(args.shift_split))}")
 
 
 def cmd_data_build(args) -> None:

@@ -16,7 +16,7 @@ from recsys.data_pipelines.build import build_dataset, ensure_dataset
 from recsys.data_pipelines.config import DataConfig, ProtocolConfig, SourceConfig, SyntheticSource, to_dict
 from recsys.data_pipelines.dataset import BuiltDataset
 from recsys.data_pipelines.synthetic import (SyntheticConfig, _Catalogue, generate_userbehavior, interest_regimes,
-                                             planted_interests, write_shift_split)
+                                             planted_interests, shift_regimes_path, write_shift_split)
 from recsys.errors import DataError
 
 SOURCE = SyntheticSource(n_rows=4000, n_items=300, n_categories=12, mean_events=20.0, interests_per_user=2)
@@ -83,6 +83,9 @@ def test_the_shift_split_tests_independent_users_only(tmp_path):
     assert not coupled[split == "test"].any()
     assert counts["test_coupled"] == 0 and counts["test_independent"] == round(0.1 * len(users))
     assert counts["valid_coupled"] + counts["valid_independent"] == round(0.1 * len(users))
+    regimes = pq.read_table(shift_regimes_path(path))           # the analysis' source of who is coupled
+    assert regimes.column("user").to_pylist() == users.tolist()
+    assert regimes.column("coupled").to_pylist() == coupled.tolist()
     assert not list(tmp_path.glob("*.partial"))
 
 
