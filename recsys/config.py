@@ -104,9 +104,11 @@ class RetrievalSection:
 
     negatives: ``uniform`` or ``popularity``: ``num_negatives`` item ids drawn once per
     batch and shared by its rows (sampled softmax; popularity = training event counts);
-    ``in_batch``: the batch's other targets are the negatives. With ``logq_correction``
-    every logit is reduced by log Q(item) of its proposal (Yi et al., RecSys 2019; a
-    constant for uniform, so it only matters for popularity and in-batch).
+    ``in_batch``: the batch's other targets are the negatives; ``all``: every real item
+    (the full softmax over the catalogue, RecBole's ``loss_type: CE``; exact, so no logQ and
+    ``num_negatives`` unused). With ``logq_correction`` every logit is reduced by log Q(item)
+    of its proposal (Yi et al., RecSys 2019; a constant for uniform, so it only matters for
+    popularity and in-batch).
     Evaluation ranks every item (never sampled negatives) and reports Recall, HR and NDCG
     at each of ``ks``; ``mask_history`` removes the items of the user's timeline before the
     cut from the ranking (S3-Rec / ICLRec do this), ground-truth items excepted.
@@ -118,7 +120,7 @@ class RetrievalSection:
     causal model (``RetrievalOutput.sequence``) to predict the next behaviour (SASRec).
     """
 
-    negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
+    negatives: Literal["uniform", "popularity", "in_batch", "all"] = "uniform"
     loss: Literal["sampled_softmax", "bce"] = "sampled_softmax"
     positions: Literal["last", "all"] = "last"
     num_negatives: PositiveInt = 1000

@@ -14,7 +14,10 @@ against a set of negatives::
 * ``uniform`` / ``popularity``: M = ``num_negatives`` ids drawn once per batch and shared by
   all its rows (the sampled softmax of Jean et al. 2015 and YouTube DNN), uniformly over
   the real item ids (2 .. N−1) or proportionally to their training event counts;
-* ``in_batch``: the other rows' targets (M = B), whose proposal is the target frequency.
+* ``in_batch``: the other rows' targets (M = B), whose proposal is the target frequency;
+* ``all``: every real item (M = N − 2): the exact softmax over the catalogue, with the
+  target's own column removed from the negatives (so it appears once); no logQ. The logits
+  are [P, N − 2], which costs memory on large catalogues, not accuracy.
 
 With ``logq_correction`` every logit, the target's included, is reduced by the log of its
 expected count under the proposal (Yi et al., RecSys 2019, "Sampling-bias-corrected neural
@@ -145,9 +148,12 @@ class RetrievalTask(L.LightningModule):
         self.monitor = monitor
         self.generator = torch.Generator().manual_seed(seed)
         self.samples_seen = 0
-        if retrieval.loss == "bce" and retrieval.negatives == "in_batch":
-            raise ConfigError("retrieval.loss: bce draws negatives per trained position from a proposal; use "
-                              "retrieval.negatives uniform (SASRec) or popularity, not in_batch")
+        if retrieval.loss == "bce" and retrieval.negatives in ("in_batch", "all"):
+            raise ConfigError(f"retrieval.loss: bce draws negatives per trained position from a proposal; use "
+                              f"retrieval.negatives uniform (SASRec) or popularity, not {retrieval.negatives}")
+        if retrieval.negatives == "all" and retrieval.logq_correction:
+            raise ConfigError("retrieval.negatives: all is the exact softmax over every item, which needs no logQ "
+                              "correction; set retrieval.logq_correction: false")
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         return batch.to(device)
@@ -157,6 +163,9 @@ class RetrievalTask(L.LightningModule):
         ``positive_ids`` [P] (vectors ``positive`` [P, D]): (negative vectors [M, D], their
         ids [M], log Q of the targets [P], of the negatives [M])."""
         cfg = self.retrieval
+        if cfg.negatives == "all":
+            ids = torch.arange(NOT_RANKED, self.model.features.num_items, device=positive_ids.device)
+            return self.model.item_embeddings(ids), ids, None, None
         if cfg.negatives == "in_batch":
             ids, vectors, draws = positive_ids, positive, len(positive_ids)
         else:

@@ -144,6 +144,22 @@ def test_the_task_refuses_what_it_cannot_train():
         _task(_model("SASRec"), loss="bce", negatives="in_batch")
 
 
+def test_negatives_all_is_the_full_softmax_over_every_item():
+    model = _model("SASRec").eval()
+    batch = random_batch(batch=5, length=6, empty_rows=())
+    for positions in ("last", "all"):
+        task = _task(model, negatives="all", positions=positions, logq_correction=False)
+        got = task.training_step(batch, 0)
+        user, ids, _, _ = task.trained_examples(batch, model.user_interests(batch))
+        catalogue = model.item_embeddings(torch.arange(2, FEATURES.num_items))          # real items [N - 2, D]
+        expected = F.cross_entropy(user @ catalogue.T, ids - 2)                          # by hand: one class per item
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5), positions
+    with pytest.raises(ConfigError, match="logq_correction: false"):
+        _task(model, negatives="all")
+    with pytest.raises(ConfigError, match="not all"):
+        _task(model, negatives="all", loss="bce", logq_correction=False)
+
+
 def test_sample_weights_make_the_loss_a_weighted_mean():
     model = _model("ComiRecSA")
     batch = random_batch(batch=4, length=6, empty_rows=())
