@@ -117,7 +117,7 @@ def make_task(config: RunConfig, model: nn.Module, dataset: BuiltDataset) -> L.L
     if config.family == "ranking":
         return RankingTask(model, config.optimizer, config.aux_loss_weights, config.monitor)
     r = config.retrieval
-    counts = dataset.vocabulary("item").id_counts() if r.negatives != "uniform" else None
+    counts = dataset.vocabulary("item").id_counts() if r.negatives not in ("uniform", "all") else None
     proposal = ItemProposal("uniform" if r.negatives in ("uniform", "all") else "popularity", model.features.num_items, counts)
     valid = None
     if dataset.split_counts.get("valid", 0):

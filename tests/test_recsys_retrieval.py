@@ -171,9 +171,10 @@ def test_youtube_dnn_beats_popularity_by_full_ranking(loo, tmp_path):
     assert again["recall@20"] == pytest.approx(test["recall@20"], abs=1e-12)
 
 
-@pytest.mark.parametrize("negatives, shared", [("popularity", False), ("in_batch", True)])
+@pytest.mark.parametrize("negatives, shared", [("popularity", False), ("in_batch", True), ("all", False)])
 def test_other_negative_proposals_and_tied_tables_train_export_and_reload(loo, tmp_path, negatives, shared):
-    raw = _config(loo, tmp_path / negatives, negatives=negatives)
+    exact = {"logq_correction": False} if negatives == "all" else {}     # the full softmax has no proposal
+    raw = _config(loo, tmp_path / negatives, negatives=negatives, **exact)
     raw["model"]["init_args"]["share_item_embeddings"] = shared       # ComiRec ties input and softmax tables
     raw["trainer"] = {"max_epochs": 1, "limit_train_batches": 20, "enable_progress_bar": False}
     run = fit(parse_config(raw), progress=False)
