@@ -89,8 +89,8 @@ def docs_section(result: dict, command: str) -> str:
              "and `configs/sasrec_{amazon_beauty,amazon_toys,ml100k}_users.yaml` (all: sampled "
              "softmax over 1 280 popularity "
              "negatives with logQ correction, D = 64), selected on validation Recall@50, one torch thread each, "
-             "two jobs on the 2-core box, **15-epoch cap** (`--set trainer.max_epochs=15`; where the best epoch "
-             "is the last, the cap binds). Baselines from the same build's training samples "
+             "two jobs on the 2-core box, **15-epoch cap** (`trainer.max_epochs: 15` in the configs; the runs "
+             "passed it as `--set trainer.max_epochs=15`; where the best epoch is the last, the cap binds). Baselines from the same build's training samples "
              "(`bench/retrieval_baselines.py`, deterministic). Command: `" + command + "`.", "",
              "| data | model | seeds | best epochs | " + " | ".join(m.replace("recall", "Recall").replace("hr", "HR")
                                                                     .replace("ndcg", "NDCG") for m in METRICS) + " |",
