@@ -30,6 +30,7 @@ def _run(path: Path, datasets: dict) -> dict:
 
     import torch
 
+    from bench.desmil_shift import epoch_means
     from recsys.runner import load_run, open_dataset, rank_split
     metrics = json.loads((path / "metrics.json").read_text())
     model = metrics["model"].rsplit(".", 1)[-1]
@@ -46,7 +47,8 @@ def _run(path: Path, datasets: dict) -> dict:
     return {"run": str(path), "model": model, "data": data, "seed": metrics["seed"], "test": masked,
             "test_unmasked": metrics["splits"]["test"],
             "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
-            "samples_per_second": metrics.get("train_samples_per_second"), "dataset": metrics["dataset"]}
+            "samples_per_second": metrics.get("train_samples_per_second"), "dataset": metrics["dataset"],
+            "diagnostics": epoch_means(path)}   # DESMIL's logged HSIC / weight spread per epoch ({} for others)
 
 
 def summarise(runs, baselines: dict) -> dict:
@@ -59,6 +61,13 @@ def summarise(runs, baselines: dict) -> dict:
                "epochs": [r["epochs"] for r in rs], "users": rs[0]["test"].get("users"),
                "best_epochs": [r["best_epoch"] for r in rs],
                "samples_per_second": round(float(np.mean([r["samples_per_second"] or 0 for r in rs])), 1)}
+        if all("hsic_uniform" in r["diagnostics"] and "weight_ess" in r["diagnostics"] for r in rs):
+            d = [r["diagnostics"] for r in rs]
+            row["diagnostics"] = {
+                "hsic_first_epoch": [round(min(x["hsic_uniform"][0] for x in d), 4), round(max(x["hsic_uniform"][0] for x in d), 4)],
+                "hsic_last_epoch": [round(min(x["hsic_uniform"][-1] for x in d), 4), round(max(x["hsic_uniform"][-1] for x in d), 4)],
+                "weight_ess_min": round(min(min(x["weight_ess"]) for x in d), 4),
+                "weight_max_max": round(max(max(x["weight_max"]) for x in d), 4)}
         for m in METRICS:
             values = np.array([r["test"][m] for r in rs])
             row[m] = [round(float(values.mean()), 4), round(float(values.std(ddof=1)), 4) if len(values) > 1 else None]
@@ -103,7 +112,21 @@ def docs_section(result: dict, command: str) -> str:
         for b in (b for b in result["baselines"] if b["data"] == data):
             lines.append(f"| {data} | {b['baseline']} (baseline) | – | – | "
                          + " | ".join(f"{b[m]:.4f}" for m in METRICS) + " |")
+    lines += ["", "Training samples/s (mean over the seeds; one thread on the shared box, indicative): "
+              + "; ".join(f"{r['data']} {r['model']} {r['samples_per_second']:,.0f}" for r in result["models"]) + "."]
+    weighted = [r for r in result["models"] if "diagnostics" in r]
+    if weighted:
+        lines += ["", "Sample-weight diagnostics (epoch means of the `train/*` values in each run's "
+                  "logs/metrics.csv, range over the seeds): " + "; ".join(
+                      f"{r['data']} {r['model']}: HSIC across interests {_span(r['diagnostics']['hsic_first_epoch'])} "
+                      f"in the first epoch, {_span(r['diagnostics']['hsic_last_epoch'])} in the last, weights' ESS "
+                      f"≥ {r['diagnostics']['weight_ess_min']:.3f} B, B·max w ≤ {r['diagnostics']['weight_max_max']:.3f}"
+                      for r in weighted) + "."]
     return "\n".join(lines)
+
+
+def _span(pair) -> str:
+    return f"{pair[0]:.2f}–{pair[1]:.2f}" if f"{pair[0]:.2f}" != f"{pair[1]:.2f}" else f"{pair[0]:.2f}"
 
 
 def main(argv=None) -> dict:
@@ -111,6 +134,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs", nargs="+", required=True)
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
     datasets: dict = {}
     runs = [_run(Path(p), datasets) for p in args.runs if (Path(p) / "metrics.json").exists()]
     if not runs:
@@ -121,7 +145,6 @@ def main(argv=None) -> dict:
     result["command"] = command
     (ROOT / "bench" / "results" / "users_protocol.json").write_text(json.dumps(result, indent=2))
     if args.update_docs:
-        sys.path.insert(0, str(ROOT))
         from bench.docs_section import write_section
         write_section(ROOT / "docs" / "results.md", "users-protocol", docs_section(result, command),
                       "bench/users_protocol_results.py", title="# Results")

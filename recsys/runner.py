@@ -117,8 +117,9 @@ def make_task(config: RunConfig, model: nn.Module, dataset: BuiltDataset) -> L.L
     if config.family == "ranking":
         return RankingTask(model, config.optimizer, config.aux_loss_weights, config.monitor)
     r = config.retrieval
-    counts = dataset.vocabulary("item").id_counts() if r.negatives not in ("uniform", "all") else None
-    proposal = ItemProposal("uniform" if r.negatives in ("uniform", "all") else "popularity", model.features.num_items, counts)
+    kind = "popularity" if r.negatives in ("popularity", "in_batch") else "uniform"   # all: no proposal is drawn
+    counts = dataset.vocabulary("item").id_counts() if kind == "popularity" else None
+    proposal = ItemProposal(kind, model.features.num_items, counts)
     valid = None
     if dataset.split_counts.get("valid", 0):
         valid = FullRankingEvaluator(SplitTruth(dataset, "valid"), r.ks, r.mask_history, r.item_chunk)
