@@ -40,6 +40,20 @@ if TYPE_CHECKING:   # imported where used: serving imports history_batch without
 
 DEFAULT_SHUFFLE_BLOCK = 1 << 16          # samples per block when the split is too large for one
 FULL_SHUFFLE_MAX_SAMPLES = 1 << 24       # up to this many samples, a uniform permutation (128 MB)
+PREFIXES = ("all", "longest")
+
+
+def longest_prefix_samples(rows: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Indices [M] (ascending) of the samples whose cut is the largest of their timeline row:
+    rows [N], cuts [N] of one split. A row's samples at that cut (a positive and its
+    negatives) are all kept."""
+    rows = np.asarray(rows, np.int64)
+    cuts = np.asarray(cuts, np.int64)
+    if len(rows) == 0:
+        return np.zeros(0, np.int64)
+    largest = np.full(int(rows.max()) + 1, -1, np.int64)
+    np.maximum.at(largest, rows, cuts)
+    return np.flatnonzero(cuts == largest[rows])
 
 
 def gather_histories(offsets: np.ndarray, rows: np.ndarray, cuts: np.ndarray, max_length: int):
@@ -109,6 +123,10 @@ class SampleLoader(IterableDataset):
         shuffle_block: samples per shuffle block; None = the whole split up to
             ``FULL_SHUFFLE_MAX_SAMPLES`` samples, else ``DEFAULT_SHUFFLE_BLOCK`` (see the
             module docstring).
+        prefixes: "all" (every sample of the split) or "longest": of each timeline row, only
+            the samples at its largest cut in the split (one history per user; with SASRec's
+            ``positions: all`` that is the paper's and RecTools' objective, every position of
+            the user's one training sequence once, instead of every prefix as a sample).
         fields: the side fields a run uses (None = none: today's batch). User-owned
             fields go to ``batch.profile[name]``, gathered from the user side table by the
             sample's user id (id → [B] int64, number → [B] float32, dense → [B, d]
@@ -125,7 +143,8 @@ class SampleLoader(IterableDataset):
     def __init__(self, dataset: Union[str, BuiltDataset], split: str, batch_size: int,
                  max_length: Optional[int] = None, form: str = "padded", shuffle: bool = False, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = False, with_timestamps: bool = False,
-                 shuffle_block: Optional[int] = None, fields: Optional[Sequence[str]] = None) -> None:
+                 shuffle_block: Optional[int] = None, fields: Optional[Sequence[str]] = None,
+                 prefixes: str = "all") -> None:
         super().__init__()
         if form not in ("padded", "jagged"):
             raise ValueError(f"form must be 'padded' or 'jagged', got {form!r}")
@@ -135,6 +154,8 @@ class SampleLoader(IterableDataset):
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if shuffle_block is not None and shuffle_block < 1:
             raise ValueError(f"shuffle_block must be >= 1, got {shuffle_block}")
+        if prefixes not in PREFIXES:
+            raise ValueError(f"prefixes must be one of {PREFIXES}, got {prefixes!r}")
         from .dataset import BuiltDataset
         self.dataset = BuiltDataset.open(dataset)
         self.split = split
@@ -147,7 +168,11 @@ class SampleLoader(IterableDataset):
         self.with_timestamps = with_timestamps
         self.epoch = 0
         self._columns = self.dataset.sample_columns(split)   # memory-mapped [N] columns
-        self.num_samples = len(self._columns["row"])
+        self.prefixes = prefixes
+        # positions in the epoch order index this selection of the split's samples (None = all)
+        self._selected = (longest_prefix_samples(self._columns["row"], self._columns["cut"])
+                          if prefixes == "longest" else None)
+        self.num_samples = len(self._columns["row"]) if self._selected is None else len(self._selected)
         if shuffle_block is None:
             small = self.num_samples <= FULL_SHUFFLE_MAX_SAMPLES
             shuffle_block = max(1, self.num_samples) if small else DEFAULT_SHUFFLE_BLOCK
@@ -202,7 +227,7 @@ class SampleLoader(IterableDataset):
 
     def _order(self) -> np.ndarray:
         """This shard's whole sample order [shard] (for tests; iteration builds it per batch)."""
-        return self._order_range(0, self._shard_size())
+        return self._iter_index(self._order_range(0, self._shard_size()))
 
     def _block_layout(self) -> "tuple[np.ndarray, np.ndarray]":
         """(block ids in epoch order [nb], virtual start of each of them [nb + 1])."""
@@ -261,7 +286,11 @@ class SampleLoader(IterableDataset):
         if info is not None:
             starts = starts[info.id::info.num_workers]
         for start in starts:
-            yield self.make_batch(self._order_range(int(start), min(int(start) + self.batch_size, n)))
+            yield self.make_batch(self._iter_index(self._order_range(int(start), min(int(start) + self.batch_size, n))))
+
+    def _iter_index(self, positions: np.ndarray) -> np.ndarray:
+        """Positions of the epoch order [n] → sample indices of the split [n]."""
+        return positions if self._selected is None else self._selected[positions]
 
     def make_batch(self, index: np.ndarray) -> Batch:
         """The Batch of the given sample indices (within this split)."""

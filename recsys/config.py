@@ -46,6 +46,11 @@ class DataSection:
     when its output does not exist yet (``fit`` only: ``evaluate`` never builds). Give one.
     fields: the side fields the model uses besides the core ``user, item, category,
     behavior`` (names from the data config's ``fields``); None = core fields only.
+    train_prefixes: ``all`` trains every training sample (with ``loo`` / ``users`` data:
+    every prefix of a user's timeline, the CoSeRec / ICLRec augmentation); ``longest``
+    keeps, per user, only the samples at the largest training cut (one history per user
+    per epoch: SASRec's and RecTools' objective with ``retrieval.positions: all``).
+    Validation and test always use every sample.
     """
 
     path: Optional[str] = None
@@ -55,6 +60,7 @@ class DataSection:
     eval_batch_size: PositiveInt = 4096
     max_length: Optional[PositiveInt] = None
     form: Literal["padded", "jagged"] = "padded"
+    train_prefixes: Literal["all", "longest"] = "all"
     num_workers: NonNegativeInt = 0
     # training-order shuffle: blocks of this many consecutive (user-sorted) samples are
     # permuted, then the samples inside each block; >= the train split = a full permutation;

@@ -30,11 +30,12 @@ class SampleDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False) -> SampleLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool = False,
+                prefixes: str = "all") -> SampleLoader:
         rank, world = self._rank()
         return SampleLoader(self.dataset, split, batch_size, max_length=self.config.max_length, form=self.config.form,
                             shuffle=shuffle, seed=self.seed, rank=rank, world_size=world, drop_last=drop_last,
-                            shuffle_block=self.config.shuffle_block, fields=self.config.fields)
+                            shuffle_block=self.config.shuffle_block, fields=self.config.fields, prefixes=prefixes)
 
     def _wrap(self, loader: SampleLoader) -> DataLoader:
         workers = self.config.num_workers
@@ -44,7 +45,8 @@ class SampleDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # drop the last partial training batch: a batch of one row breaks BatchNorm and Dice
         # statistics; the shuffle changes every epoch, so no sample is left out for good
-        self.train_loader = self._loader("train", self.config.batch_size, shuffle=True, drop_last=True)
+        self.train_loader = self._loader("train", self.config.batch_size, shuffle=True, drop_last=True,
+                                         prefixes=self.config.train_prefixes)
         return self._wrap(self.train_loader)
 
     def val_dataloader(self) -> DataLoader:

@@ -258,3 +258,49 @@ def test_the_partition_cache_does_not_outlive_an_in_process_build(tmp_path):
                         source=SourceConfig(synthetic=SyntheticSource(n_rows=3000, n_items=200, n_categories=10)))
     build_module.build_dataset(config, progress=False)
     assert build_module._PARTITION_STATE == {}
+
+
+def test_longest_prefix_samples_by_hand_and_against_a_groupby():
+    import pandas as pd
+    from hypothesis import given, settings, strategies as st
+
+    from recsys.data_pipelines.loader import longest_prefix_samples
+    rows = np.array([0, 0, 0, 2, 2, 5, 5, 5])
+    cuts = np.array([1, 2, 3, 4, 4, 1, 3, 2])   # row 2: a positive and its negative at cut 4
+    assert longest_prefix_samples(rows, cuts).tolist() == [2, 3, 4, 6]
+    assert longest_prefix_samples(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 9)), min_size=1, max_size=200))
+    def agrees(pairs):
+        frame = pd.DataFrame(pairs, columns=["row", "cut"])
+        expected = frame.index[frame["cut"] == frame.groupby("row")["cut"].transform("max")].to_numpy()
+        got = longest_prefix_samples(frame["row"].to_numpy(), frame["cut"].to_numpy())
+        assert np.array_equal(got, expected)
+
+    agrees()
+
+
+def test_loader_with_longest_prefixes_gives_each_user_one_history(tmp_path):
+    ds = BuiltDataset(build_dataset(synthetic(tmp_path, protocol=ProtocolConfig(name="loo", max_length=20)),
+                                    progress=False))
+    cols = ds.sample_columns("train")
+    every = SampleLoader(ds, "train", 64, shuffle=True, seed=3)
+    longest = SampleLoader(ds, "train", 64, shuffle=True, seed=3, prefixes="longest")
+    users = np.unique(cols["user"])
+    assert every.num_samples == len(cols["row"]) > longest.num_samples == len(users)
+    seen = np.concatenate([b.sample_index.numpy() for b in longest])
+    assert np.array_equal(np.sort(seen), np.sort(longest._order()))
+    assert len(np.unique(seen)) == len(seen) == len(users)       # each user once per epoch
+    assert np.array_equal(np.sort(cols["user"][seen]), np.sort(users))
+    largest = {}
+    for row, cut in zip(cols["row"], cols["cut"]):
+        largest[int(row)] = max(largest.get(int(row), 0), int(cut))
+    assert all(int(cols["cut"][i]) == largest[int(cols["row"][i])] for i in seen)
+    batch = next(iter(SampleLoader(ds, "train", 8, prefixes="longest")))   # unshuffled: the first 8 selected
+    index = batch.sample_index.numpy()
+    assert np.array_equal(index, longest._selected[:8])
+    assert np.array_equal(batch.target_item.numpy(), cols["target_item"][index].astype(np.int64))
+    assert np.array_equal(batch.lengths.numpy(), np.minimum(cols["cut"][index], 20))
+    with pytest.raises(ValueError, match="prefixes"):
+        SampleLoader(ds, "train", 8, prefixes="last")

@@ -437,6 +437,24 @@ def test_fit_trains_exports_and_reloads(tiny_loo, tmp_path, model, retrieval):
     assert again["recall@20"] == pytest.approx(test["recall@20"], abs=1e-12)
 
 
+def test_sasrec_on_longest_prefixes_trains_one_history_per_user(tiny_loo, tmp_path):
+    """``data.train_prefixes: longest``: Kang's / RecTools' objective, every position of a user's
+    one training sequence, instead of every prefix as its own sample."""
+    from recsys.data_pipelines.dataset import BuiltDataset
+    from recsys.runner import fit
+    cols = BuiltDataset.open(tiny_loo).sample_columns("train")
+    users = len(np.unique(cols["user"]))
+    raw = {"name": "r", "output_dir": str(tmp_path / "run"), "seed": 0,
+           "data": {"path": str(tiny_loo), "batch_size": 16, "eval_batch_size": 512, "train_prefixes": "longest"},
+           "model": {"class_path": "SASRec", "init_args": {"embedding_dim": 16, "dropout": 0.0}},
+           "optimizer": {"lr": 0.01}, "retrieval": {"ks": [20], "positions": "all", "negatives": "uniform",
+                                                    "num_negatives": 64, "logq_correction": False},
+           "trainer": {"max_epochs": 6, "enable_progress_bar": False, "num_threads": 1}}
+    metrics = json.loads((fit(parse_config(raw), progress=False) / "metrics.json").read_text())
+    assert metrics["train_samples"] == 6 * (users // 16) * 16 < len(cols["row"])
+    assert metrics["splits"]["test"]["hr@20"] > 1.3 * 20 / 118, metrics["splits"]["test"]
+
+
 @pytest.mark.parametrize("name", ["sasrec", "sasrec_sampled_softmax", "mind", "comirec_sa", "comirec_dr", "desmil"])
 def test_shipped_configs_parse_and_build_their_model(name):
     config = load_config(REPO / "configs" / f"{name}_amazon_beauty.yaml")
