@@ -114,7 +114,9 @@ class RetrievalSection:
     (the full softmax over the catalogue, RecBole's ``loss_type: CE``; exact, so no logQ and
     ``num_negatives`` unused). With ``logq_correction`` every logit is reduced by log Q(item)
     of its proposal (Yi et al., RecSys 2019; a constant for uniform, so it only matters for
-    popularity and in-batch).
+    popularity and in-batch). ``share_negatives: false`` draws ``num_negatives`` uniform or
+    popularity ids for every trained example instead (RecTools' per-position sampler,
+    eSASRec's setting; [P, M, D] negative vectors per step).
     Evaluation ranks every item (never sampled negatives) and reports Recall, HR and NDCG
     at each of ``ks``; ``mask_history`` removes the items of the user's timeline before the
     cut from the ranking (S3-Rec / ICLRec do this), ground-truth items excepted.
@@ -130,6 +132,7 @@ class RetrievalSection:
     loss: Literal["sampled_softmax", "bce"] = "sampled_softmax"
     positions: Literal["last", "all"] = "last"
     num_negatives: PositiveInt = 1000
+    share_negatives: bool = True
     logq_correction: bool = True
     temperature: PositiveFloat = 1.0
     ks: List[PositiveInt] = field(default_factory=lambda: [5, 10, 20, 50])

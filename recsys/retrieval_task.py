@@ -97,17 +97,20 @@ class ItemProposal:
 def sampled_softmax_loss(user: Tensor, positive: Tensor, positive_ids: Tensor, negative: Tensor, negative_ids: Tensor,
                          temperature: float = 1.0, log_q_positive: Optional[Tensor] = None,
                          log_q_negative: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
-    """Mean softmax cross-entropy of each row's target against shared negatives.
+    """Mean softmax cross-entropy of each row's target against its negatives.
 
-    user [B, D], positive [B, D] (target vectors), positive_ids [B], negative [M, D],
-    negative_ids [M]; log_q_* ([B], [M]) are subtracted from the logits when given.
-    Negatives whose id equals the row's target are excluded. ``reduction="none"``: [B]."""
+    user [B, D], positive [B, D] (target vectors), positive_ids [B]; negatives shared by the
+    rows (negative [M, D], negative_ids [M]) or each row's own (negative [B, M, D],
+    negative_ids [B, M]); log_q_* ([B], and the shape of negative_ids) are subtracted from the
+    logits when given. Negatives whose id equals the row's target are excluded.
+    ``reduction="none"``: [B]."""
     positive_logit = (user * positive).sum(-1) / temperature                    # [B]
-    negative_logit = user @ negative.T / temperature                            # [B, M]
+    own = negative.dim() == 3
+    negative_logit = (torch.einsum("bd,bmd->bm", user, negative) if own else user @ negative.T) / temperature
     if log_q_positive is not None:
         positive_logit = positive_logit - log_q_positive
-        negative_logit = negative_logit - log_q_negative[None, :]
-    accidental = negative_ids[None, :] == positive_ids[:, None]                 # [B, M]
+        negative_logit = negative_logit - (log_q_negative if own else log_q_negative[None, :])
+    accidental = (negative_ids if own else negative_ids[None, :]) == positive_ids[:, None]   # [B, M]
     negative_logit = negative_logit.masked_fill(accidental, float("-inf"))
     logits = torch.cat([positive_logit[:, None], negative_logit], dim=1)        # [B, 1 + M]
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
@@ -151,6 +154,9 @@ class RetrievalTask(L.LightningModule):
         if retrieval.loss == "bce" and retrieval.negatives in ("in_batch", "all"):
             raise ConfigError(f"retrieval.loss: bce draws negatives per trained position from a proposal; use "
                               f"retrieval.negatives uniform (SASRec) or popularity, not {retrieval.negatives}")
+        if not retrieval.share_negatives and retrieval.negatives not in ("uniform", "popularity"):
+            raise ConfigError(f"retrieval.share_negatives: false draws negatives per example from a proposal; "
+                              f"it needs retrieval.negatives uniform or popularity, not {retrieval.negatives}")
         if retrieval.negatives == "all" and retrieval.logq_correction:
             raise ConfigError("retrieval.negatives: all is the exact softmax over every item, which needs no logQ "
                               "correction; set retrieval.logq_correction: false")
@@ -159,18 +165,24 @@ class RetrievalTask(L.LightningModule):
         return batch.to(device)
 
     def negatives(self, positive_ids: Tensor, positive: Tensor) -> "tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]":
-        """Shared negatives of the sampled softmax for trained examples with targets
+        """Negatives of the sampled softmax for trained examples with targets
         ``positive_ids`` [P] (vectors ``positive`` [P, D]): (negative vectors [M, D], their
-        ids [M], log Q of the targets [P], of the negatives [M])."""
+        ids [M], log Q of the targets [P], of the negatives [M]); with ``share_negatives:
+        false`` each example's own: vectors [P, M, D], ids and log Q [P, M]."""
         cfg = self.retrieval
         if cfg.negatives == "all":
             ids = torch.arange(NOT_RANKED, self.model.features.num_items, device=positive_ids.device)
             return self.model.item_embeddings(ids), ids, None, None
         if cfg.negatives == "in_batch":
             ids, vectors, draws = positive_ids, positive, len(positive_ids)
-        else:
+        elif cfg.share_negatives:
             ids = self.proposal.draw(cfg.num_negatives, self.generator).to(positive_ids.device)
             vectors, draws = self.model.item_embeddings(ids), cfg.num_negatives
+        else:
+            ids = self.proposal.draw(len(positive_ids) * cfg.num_negatives, self.generator).to(positive_ids.device)
+            ids = ids.reshape(len(positive_ids), cfg.num_negatives)                         # [P, M]
+            vectors = self.model.item_embeddings(ids.reshape(-1)).reshape(*ids.shape, -1)   # [P, M, D]
+            draws = cfg.num_negatives
         if not cfg.logq_correction:
             return vectors, ids, None, None
         return (vectors, ids, self.proposal.log_expected_count(positive_ids, draws),

@@ -160,6 +160,27 @@ def test_negatives_all_is_the_full_softmax_over_every_item():
         _task(model, negatives="all", loss="bce", logq_correction=False)
 
 
+def test_per_example_negatives_are_each_positions_own_draws():
+    """``share_negatives: false`` (RecTools' per-position sampler): every trained example
+    scores its target against its own ``num_negatives`` draws, checked by hand."""
+    model = _model("SASRec").eval()
+    batch = random_batch(batch=5, length=6, empty_rows=())
+    task = _task(model, positions="all", share_negatives=False, num_negatives=7, logq_correction=False)
+    user, ids, positive, _ = task.trained_examples(batch, model.user_interests(batch))
+    state = task.generator.get_state()
+    negative, negative_ids, _, _ = task.negatives(ids, positive)
+    assert negative.shape == (len(ids), 7, positive.shape[1]) and negative_ids.shape == (len(ids), 7)
+    assert len(torch.unique(negative_ids)) > 7                                    # not one set repeated
+    own = model.item_embeddings(negative_ids)                                     # [P, 7, D]
+    logits = torch.cat([(user * positive).sum(-1, keepdim=True), torch.einsum("pd,pmd->pm", user, own)], 1)
+    logits[:, 1:] = logits[:, 1:].masked_fill(negative_ids == ids[:, None], float("-inf"))
+    expected = F.cross_entropy(logits, torch.zeros(len(ids), dtype=torch.long))
+    task.generator.set_state(state)                                               # the same draws again
+    assert task.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="share_negatives"):
+        _task(model, negatives="in_batch", share_negatives=False)
+
+
 def test_sample_weights_make_the_loss_a_weighted_mean():
     model = _model("ComiRecSA")
     batch = random_batch(batch=4, length=6, empty_rows=())
