@@ -168,7 +168,6 @@ class SampleLoader(IterableDataset):
         self.with_timestamps = with_timestamps
         self.epoch = 0
         self._columns = self.dataset.sample_columns(split)   # memory-mapped [N] columns
-        self.prefixes = prefixes
         # positions in the epoch order index this selection of the split's samples (None = all)
         self._selected = (longest_prefix_samples(self._columns["row"], self._columns["cut"])
                           if prefixes == "longest" else None)
@@ -286,7 +285,8 @@ class SampleLoader(IterableDataset):
         if info is not None:
             starts = starts[info.id::info.num_workers]
         for start in starts:
-            yield self.make_batch(self._iter_index(self._order_range(int(start), min(int(start) + self.batch_size, n))))
+            positions = self._order_range(int(start), min(int(start) + self.batch_size, n))
+            yield self.make_batch(self._iter_index(positions))
 
     def _iter_index(self, positions: np.ndarray) -> np.ndarray:
         """Positions of the epoch order [n] → sample indices of the split [n]."""
