@@ -116,7 +116,10 @@ class RetrievalSection:
     of its proposal (Yi et al., RecSys 2019; a constant for uniform, so it only matters for
     popularity and in-batch). ``share_negatives: false`` draws ``num_negatives`` uniform or
     popularity ids for every trained example instead (RecTools' per-position sampler,
-    eSASRec's setting; [P, M, D] negative vectors per step).
+    eSASRec's setting; [P, M, D] negative vectors per step). ``remove_accidental_hits``
+    (default true) drops a drawn negative equal to the example's target from its softmax;
+    false keeps it, as RecTools' sampled softmax does (uniform / popularity only: the row's
+    own target among in-batch or ``all`` negatives is always removed, or it would count twice).
     Evaluation ranks every item (never sampled negatives) and reports Recall, HR and NDCG
     at each of ``ks``; ``mask_history`` removes the items of the user's timeline before the
     cut from the ranking (S3-Rec / ICLRec do this), ground-truth items excepted.
@@ -133,6 +136,7 @@ class RetrievalSection:
     positions: Literal["last", "all"] = "last"
     num_negatives: PositiveInt = 1000
     share_negatives: bool = True
+    remove_accidental_hits: bool = True
     logq_correction: bool = True
     temperature: PositiveFloat = 1.0
     ks: List[PositiveInt] = field(default_factory=lambda: [5, 10, 20, 50])

@@ -24,7 +24,8 @@ expected count under the proposal (Yi et al., RecSys 2019, "Sampling-bias-correc
 modeling"; TensorFlow's ``sampled_softmax_loss(subtract_log_q=True)``): without it a
 popularity proposal over-penalises popular items. Uniform Q is a constant, so there the
 correction changes nothing. A negative equal to the row's own target is removed
-(an "accidental hit"), as are repeats of the target among in-batch negatives.
+(an "accidental hit"; ``remove_accidental_hits: false`` keeps drawn ones, as RecTools does),
+as are repeats of the target among in-batch negatives.
 
 Two switches extend this (``retrieval.loss`` / ``retrieval.positions``) for SASRec's own
 objective (Kang & McAuley, ICDM 2018), and a model output field for sample weights:
@@ -96,22 +97,24 @@ class ItemProposal:
 
 def sampled_softmax_loss(user: Tensor, positive: Tensor, positive_ids: Tensor, negative: Tensor, negative_ids: Tensor,
                          temperature: float = 1.0, log_q_positive: Optional[Tensor] = None,
-                         log_q_negative: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+                         log_q_negative: Optional[Tensor] = None, reduction: str = "mean",
+                         remove_accidental_hits: bool = True) -> Tensor:
     """Mean softmax cross-entropy of each row's target against its negatives.
 
     user [B, D], positive [B, D] (target vectors), positive_ids [B]; negatives shared by the
     rows (negative [M, D], negative_ids [M]) or each row's own (negative [B, M, D],
     negative_ids [B, M]); log_q_* ([B], and the shape of negative_ids) are subtracted from the
-    logits when given. Negatives whose id equals the row's target are excluded.
-    ``reduction="none"``: [B]."""
+    logits when given. Negatives whose id equals the row's target are excluded unless
+    ``remove_accidental_hits`` is False (RecTools keeps them). ``reduction="none"``: [B]."""
     positive_logit = (user * positive).sum(-1) / temperature                    # [B]
     own = negative.dim() == 3
     negative_logit = (torch.einsum("bd,bmd->bm", user, negative) if own else user @ negative.T) / temperature
     if log_q_positive is not None:
         positive_logit = positive_logit - log_q_positive
         negative_logit = negative_logit - (log_q_negative if own else log_q_negative[None, :])
-    accidental = (negative_ids if own else negative_ids[None, :]) == positive_ids[:, None]   # [B, M]
-    negative_logit = negative_logit.masked_fill(accidental, float("-inf"))
+    if remove_accidental_hits:
+        accidental = (negative_ids if own else negative_ids[None, :]) == positive_ids[:, None]   # [B, M]
+        negative_logit = negative_logit.masked_fill(accidental, float("-inf"))
     logits = torch.cat([positive_logit[:, None], negative_logit], dim=1)        # [B, 1 + M]
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
                            reduction=reduction)
@@ -157,6 +160,10 @@ class RetrievalTask(L.LightningModule):
         if not retrieval.share_negatives and retrieval.negatives not in ("uniform", "popularity"):
             raise ConfigError(f"retrieval.share_negatives: false draws negatives per example from a proposal; "
                               f"it needs retrieval.negatives uniform or popularity, not {retrieval.negatives}")
+        if not retrieval.remove_accidental_hits and retrieval.negatives not in ("uniform", "popularity"):
+            raise ConfigError(f"retrieval.remove_accidental_hits: false keeps drawn negatives equal to the target; "
+                              f"with negatives {retrieval.negatives} the target is the row's own column and is always "
+                              "removed: use uniform or popularity")
         if retrieval.negatives == "all" and retrieval.logq_correction:
             raise ConfigError("retrieval.negatives: all is the exact softmax over every item, which needs no logQ "
                               "correction; set retrieval.logq_correction: false")
@@ -236,7 +243,8 @@ class RetrievalTask(L.LightningModule):
         else:
             negative, negative_ids, log_q_pos, log_q_neg = self.negatives(positive_ids, positive)
             losses = sampled_softmax_loss(user, positive, positive_ids, negative, negative_ids,
-                                          self.retrieval.temperature, log_q_pos, log_q_neg, reduction="none")
+                                          self.retrieval.temperature, log_q_pos, log_q_neg, reduction="none",
+                                          remove_accidental_hits=self.retrieval.remove_accidental_hits)
         if output.sample_weights is None:
             objective = losses.mean()
         else:

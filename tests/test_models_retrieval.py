@@ -179,6 +179,15 @@ def test_per_example_negatives_are_each_positions_own_draws():
     assert task.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ConfigError, match="share_negatives"):
         _task(model, negatives="in_batch", share_negatives=False)
+    kept = _task(model, positions="all", share_negatives=False, num_negatives=7, logq_correction=False,
+                 remove_accidental_hits=False)
+    kept.generator.set_state(state)
+    assert (negative_ids == ids[:, None]).any()                                  # the draws include hits
+    logits[:, 1:] = torch.einsum("pd,pmd->pm", user, own)                      # hits stay in the softmax
+    expected_kept = F.cross_entropy(logits, torch.zeros(len(ids), dtype=torch.long))
+    assert kept.training_step(batch, 0).item() == pytest.approx(expected_kept.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="remove_accidental_hits"):
+        _task(model, negatives="in_batch", remove_accidental_hits=False)
 
 
 def test_sample_weights_make_the_loss_a_weighted_mean():

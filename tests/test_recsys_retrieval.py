@@ -45,6 +45,10 @@ def test_sampled_softmax_by_hand_with_logq_and_accidental_hits():
     plain = sampled_softmax_loss(user, positive, positive_ids, negative, negative_ids)
     logits = torch.tensor([[0.5, 1.0, -1.0, 0.0], [2.0, 2.0, float("-inf"), 2.0]])
     assert plain.item() == pytest.approx(F.cross_entropy(logits, torch.zeros(2, dtype=torch.long)).item(), rel=1e-6)
+    kept = sampled_softmax_loss(user, positive, positive_ids, negative, negative_ids, remove_accidental_hits=False)
+    logits[1, 2] = 0.0                                  # RecTools' form: the hit scores <u_1, e_9> = 2·0
+    assert kept.item() == pytest.approx(F.cross_entropy(logits, torch.zeros(2, dtype=torch.long)).item(), rel=1e-6)
+    assert kept.item() != pytest.approx(plain.item(), rel=1e-3)
 
 
 def test_proposals_draw_real_ids_and_give_log_expected_counts():
