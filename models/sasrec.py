@@ -43,9 +43,22 @@ Deliberate departures:
   (prefix, next item) pair exactly once, the set of terms of the per-user objective.
 * BCE negatives avoid the items of the sample's own history and target (Kang's sampler
   avoids the user's whole training sequence, which a prefix sample does not carry).
-* Adam's β₂ = 0.98 and the optional embedding L2 (``l2_emb``, 0 by default) of the code
-  are not configurable here (β₂ = 0.999).
+* Adam's β₂ is ``optimizer.beta2`` (0.999 by default; the code's 0.98 is a config
+  setting); the code's optional embedding L2 (``l2_emb``, 0 by default) is not offered.
 * Item side fields may be summed into the item vector (``item_fields``; default none).
+
+Two switches reproduce RecTools' SASRec (the library behind the eSASRec benchmark), both off
+by default because Kang's code has neither:
+
+* ``scale_embeddings: false`` drops the ``· sqrt(D)`` of the history embeddings (RecTools
+  adds the positional table to the raw item vectors: ``LearnableInversePositionalEncoding``).
+* ``item_dropout: p`` zeroes each coordinate of the item table with probability p at every
+  training step, one mask per step for every lookup of the step (the history and the scored
+  positives and negatives), as RecTools up to 0.14 does (``IdEmbeddingsItemNet`` applies
+  dropout to ``get_all_embeddings()``, the one table both sides read; read at 6ffd25b,
+  0.13.0, the version the benchmark pins; removed in 0.15). The mask is drawn over the whole
+  table ([N, D]) when ``user_interests`` runs in training mode, which the training step does
+  first; evaluation never sees it.
 """
 
 from __future__ import annotations
@@ -119,17 +132,24 @@ class SASRec(RetrievalModel):
         dropout: ``dropout_rate`` (0.2; the paper: 0.5 on Amazon Beauty / Games).
         item_fields: item side fields summed into the item vectors (default none).
         item_init: init of the item table (``xavier_normal``).
+        scale_embeddings: multiply the history's item vectors by sqrt(D) (Kang's code; True).
+        item_dropout: per-step dropout of the item table shared by every lookup (RecTools
+            ≤ 0.14; 0 = off, Kang's code).
     """
 
     def __init__(self, features: FeatureSpec, *, embedding_dim: int = 50, num_blocks: int = 2, num_heads: int = 1,
                  dropout: float = 0.2, item_fields: Optional[List[str]] = None,
-                 item_init: str = "xavier_normal") -> None:
+                 item_init: str = "xavier_normal", scale_embeddings: bool = True, item_dropout: float = 0.0) -> None:
         super().__init__(features)
         if num_blocks < 1 or embedding_dim < 1:
             raise ValueError("num_blocks and embedding_dim must be >= 1")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        for name, value in (("dropout", dropout), ("item_dropout", item_dropout)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         self.dim = embedding_dim
+        self.scale = embedding_dim ** 0.5 if scale_embeddings else 1.0
+        self.item_dropout = item_dropout
+        self._step_item_keep: Optional[Tensor] = None     # [N, D] mask / (1 − p) of the current training step
         self.items = ItemTower(features, embedding_dim, item_fields or (), init=item_init)
         self.position = nn.Embedding(features.max_length, embedding_dim)
         nn.init.xavier_normal_(self.position.weight)
@@ -152,7 +172,7 @@ class SASRec(RetrievalModel):
         padded = batch.to_padded()
         mask = padded.history_mask()                                                 # [B, L']
         keep = mask.unsqueeze(-1).to(self.items.weight.dtype)
-        x = self.items(padded.hist_item, self.item_side) * self.dim ** 0.5
+        x = self.item_embeddings(padded.hist_item) * self.scale
         x = x + self.position(self.positions(padded.lengths, mask.shape[1]))
         x = self.embedding_dropout(x) * keep
         for norm_a, attention, norm_f, feed_forward in zip(self.attention_norms, self.attentions, self.forward_norms,
@@ -165,12 +185,25 @@ class SASRec(RetrievalModel):
     def user_interests(self, batch: Batch) -> RetrievalOutput:
         """interests [B, 1, D] (the last position's state; zero for an empty history) and
         ``sequence`` [B, L', D] (every position's state)."""
+        if self.training and self.item_dropout > 0:
+            self._draw_item_mask()
         states, lengths = self.sequence(batch)
         last = (lengths - 1).clamp_min(0)
         user = states[torch.arange(states.shape[0], device=states.device), last]      # [B, D]
         user = user * (lengths > 0).unsqueeze(-1).to(user.dtype)
         return RetrievalOutput(user.unsqueeze(1), sequence=states)
 
+    def _draw_item_mask(self) -> None:
+        """The training step's item-table mask [N, D]: keep with probability 1 − p, scaled by 1 / (1 − p)."""
+        keep = 1.0 - self.item_dropout
+        self._step_item_keep = torch.bernoulli(torch.full_like(self.items.weight, keep)) / keep
+
     def item_embeddings(self, items: Tensor) -> Tensor:
-        """items [N] → [N, D]: the input item table (Kang scores with ``item_emb_table``)."""
-        return self.items(items, self.item_side)
+        """items [...] → [..., D]: the input item table (Kang scores with ``item_emb_table``);
+        in training with ``item_dropout``, through the step's mask."""
+        vectors = self.items(items, self.item_side)
+        if not (self.training and self.item_dropout > 0):
+            return vectors
+        if self._step_item_keep is None:       # a lookup before the first user_interests: draw a mask
+            self._draw_item_mask()
+        return vectors * self._step_item_keep[items]

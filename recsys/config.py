@@ -36,6 +36,7 @@ from recsys.errors import ConfigError  # noqa: E402,F401  (re-exported)
 DEFAULT_RETRIEVAL_MONITOR_K = 20
 # a learning rate: > 0 and finite (PositiveFloat alone lets inf through; NaN fails v > 0)
 LearningRate = restricted_number_type("LearningRate", float, [(">", 0), ("<", float("inf"))])
+AdamBeta = restricted_number_type("AdamBeta", float, [(">=", 0), ("<", 1)])
 
 
 @dataclass
@@ -71,10 +72,14 @@ class DataSection:
 @dataclass
 class OptimizerSection:
     """name: adam | adamw | sgd. schedule: none | exponential (gamma per epoch) | step
-    (gamma every step_size epochs) | plateau (gamma when the monitored metric stalls)."""
+    (gamma every step_size epochs) | plateau (gamma when the monitored metric stalls).
+    beta1, beta2: Adam's / AdamW's moment decays (PyTorch's 0.9, 0.999; SASRec's code and
+    RecTools use beta2 0.98)."""
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: LearningRate = 1e-3
+    beta1: AdamBeta = 0.9
+    beta2: AdamBeta = 0.999
     weight_decay: NonNegativeFloat = 0.0
     momentum: NonNegativeFloat = 0.0
     schedule: Literal["none", "exponential", "step", "plateau"] = "none"

@@ -99,6 +99,54 @@ def test_sasrec_is_causal_and_counts_positions_from_the_end():
     assert torch.allclose(last, states[:, -1])
 
 
+def test_sasrec_item_dropout_is_one_table_mask_per_step():
+    """RecTools' item dropout: one [N, D] mask per training step, read by the history and by
+    every scored item; by hand, the step equals an eval pass over the masked table."""
+    model = _model("SASRec", item_dropout=0.5).train()            # SMALL: every other dropout 0
+    batch = random_batch(batch=4, length=6, empty_rows=())
+    states = model.user_interests(batch).sequence
+    keep = model._step_item_keep
+    assert keep.shape == model.items.weight.shape
+    assert set(torch.unique(keep).tolist()) == {0.0, 2.0}                    # dropped or scaled by 1 / (1 − p)
+    assert 0.4 < float((keep == 0).float().mean()) < 0.6
+    ids = torch.tensor([2, 7, 7, 49])
+    raw = model.items.weight[ids]
+    assert torch.equal(model.item_embeddings(ids), raw * keep[ids])          # the same mask for every lookup
+    assert torch.equal(model.item_embeddings(ids), model.item_embeddings(ids))
+    reference = _model("SASRec").eval()
+    with torch.no_grad():
+        reference.load_state_dict(model.state_dict())
+        reference.items.ids.weight.mul_(keep)
+    assert torch.allclose(states, reference.user_interests(batch).sequence, atol=1e-5)
+    torch.manual_seed(7)                 # _model("SASRec") above reseeded the RNG to the same stream
+    model.user_interests(batch)
+    assert not torch.equal(keep, model._step_item_keep)                      # the next step draws anew
+    model.eval()
+    assert torch.equal(model.item_embeddings(ids), raw)                      # evaluation: the plain table
+    with pytest.raises(ValueError, match="item_dropout"):
+        _model("SASRec", item_dropout=1.0)
+
+
+def test_sasrec_unscaled_embeddings_by_hand():
+    """scale_embeddings: false (RecTools) = Kang's sqrt(D) scaling applied to a table / sqrt(D)."""
+    batch = random_batch(batch=4, length=6, empty_rows=(1,))
+    unscaled = _model("SASRec", scale_embeddings=False).eval()
+    scaled = _model("SASRec").eval()
+    with torch.no_grad():
+        scaled.items.ids.weight.div_(16 ** 0.5)
+    assert torch.allclose(unscaled.user_interests(batch).sequence, scaled.user_interests(batch).sequence, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_betas_reach_the_optimizer(name):
+    """optimizer.beta2 0.98 is SASRec's code's (and RecTools') setting."""
+    model = _model("SASRec")
+    task = RetrievalTask(model, OptimizerSection(name=name, beta1=0.8, beta2=0.98), RetrievalSection(),
+                         ItemProposal("uniform", FEATURES.num_items))
+    optimizer = task.configure_optimizers()
+    assert optimizer.param_groups[0]["betas"] == (0.8, 0.98)
+
+
 def test_per_position_targets_and_bce_by_hand():
     model = _model("SASRec").eval()
     batch = Batch(user=torch.tensor([2, 3]), label=torch.ones(2), lengths=torch.tensor([3, 1]),
