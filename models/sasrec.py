@@ -47,8 +47,9 @@ Deliberate departures:
   setting); the code's optional embedding L2 (``l2_emb``, 0 by default) is not offered.
 * Item side fields may be summed into the item vector (``item_fields``; default none).
 
-Two switches reproduce RecTools' SASRec (the library behind the eSASRec benchmark), both off
-by default because Kang's code has neither:
+Two switches take choices of RecTools 0.13's SASRec (the library version behind the eSASRec
+benchmark), both off by default because Kang's code has neither (measured on Beauty: no gain,
+docs/results.md):
 
 * ``scale_embeddings: false`` drops the ``· sqrt(D)`` of the history embeddings (RecTools
   adds the positional table to the raw item vectors: ``LearnableInversePositionalEncoding``).
