@@ -228,7 +228,7 @@ def _goals(results: list) -> list:
     approx = [(e, r) for r in results for e in r["indexes"] if "speedup_vs_exact" in e]
     defaults = [e["share_of_gemm"] for r in results for e in r["indexes"] if "default" in e["index"]]
     out = ["Goals:", "", f"- Exact search at least half the measured GEMM rate: share {', '.join(map(str, shares))} "
-           f"({'met' if min(shares) >= 0.5 else 'not met'}" +
+           f"({'met' if min(shares) >= 0.5 else f'met in {sum(x >= 0.5 for x in shares)} of {len(shares)} runs'}" +
            (f"; FAISS's default blocks reach {max(defaults)})." if defaults else ").")]
     for kind in ("hnsw", "ivf"):
         runs = [(e, r) for e, r in approx if e["index"] == kind]
@@ -243,14 +243,19 @@ def _goals(results: list) -> list:
             f"no setting reached recall@{n} 0.95 (best {top[f'recall@{n}_vs_exact']} at {top['speedup_vs_exact']}x)"
         met = best is not None and best["speedup_vs_exact"] >= 10
         out.append(f"- {kind.upper()} at least 10x exact with recall@{n} >= 0.95: {'met' if met else 'not met'} ({what}).")
-    out += ["", "Why HNSW misses its goal here: every interest needs its own top 200, and a graph search "
+    out += ["", "The share of GEMM moves with the GEMM reading (the larger of the two taken around each exact "
+            "measurement; 310-361 GFLOP/s in these runs), so at about 0.5 the exact goal is "
+            "borderline: the stage's block shape is the fastest in users/s of the shapes swept "
+            "(`--exact-blocks`; `bench/results/retrieval_exact_blocks.json`).",
+            "", "Why HNSW misses its goal here: every interest needs its own top 200, and a graph search "
             "returns its best `ef_search` candidates, so `ef_search` must be well above 200 for the tail of "
-            "the list (recall 0.95 needs about 400-512 even with M 64), and each of the K x users queries is "
-            "a separate walk of the graph. Exact search is one batched GEMM per block at more than half the "
-            "machine's GEMM rate: 10x exact would be about 14,000 graph searches of depth >= 400 a second on "
-            "2 cores. Within a cluster this generated data is an isotropic 64-d Gaussian, the hardest case for "
-            "a graph; IVF's cells follow its planted clusters, which flatters IVF. On a real item tower, "
-            "measure with `recsys index` and the same script before choosing."]
+            "the list (with M 64, recall 0.94 at ef_search 384 and 0.97 at 512), and each of the K x users "
+            "queries is a separate walk of the graph. Exact search is one batched GEMM per block at about "
+            "half the machine's GEMM rate: 10x exact would be 13,000-14,000 graph searches with ef_search "
+            "above 384 a second on 2 cores. Within a cluster this generated data is an isotropic 64-d "
+            "Gaussian (the generator's noise, times a per-item norm), so its intrinsic dimension is the full 64; we have not measured "
+            "HNSW on lower-dimensional item vectors. IVF's cells follow its planted clusters, which flatters "
+            "IVF. On a real item tower, measure with `recsys index` and the same script before choosing."]
     return out
 
 

@@ -55,9 +55,9 @@ docs/results.md):
   adds the positional table to the raw item vectors: ``LearnableInversePositionalEncoding``).
 * ``item_dropout: p`` zeroes each coordinate of the item table with probability p at every
   training step, one mask per step for every lookup of the step (the history and the scored
-  positives and negatives), as RecTools up to 0.14 does (``IdEmbeddingsItemNet`` applies
+  positives and negatives), as RecTools 0.13-0.15 does (``IdEmbeddingsItemNet`` applies
   dropout to ``get_all_embeddings()``, the one table both sides read; read at 6ffd25b,
-  0.13.0, the version the benchmark pins; removed in 0.15). The mask is drawn over the whole
+  0.13.0, the version the benchmark pins; removed after 0.15, at 2859e59). The mask is drawn over the whole
   table ([N, D], N·D floats a step: 1 GB at 1M items and D = 256) when ``user_interests``
   runs in training mode, which the training step does first; evaluation never sees it.
 """
@@ -135,7 +135,7 @@ class SASRec(RetrievalModel):
         item_init: init of the item table (``xavier_normal``).
         scale_embeddings: multiply the history's item vectors by sqrt(D) (Kang's code; True).
         item_dropout: per-step dropout of the item table shared by every lookup (RecTools
-            ≤ 0.14; 0 = off, Kang's code).
+            0.13-0.15; 0 = off, Kang's code).
     """
 
     def __init__(self, features: FeatureSpec, *, embedding_dim: int = 50, num_blocks: int = 2, num_heads: int = 1,

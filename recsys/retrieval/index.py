@@ -55,10 +55,10 @@ STAMP_VERSION = 1
 INDEX_DIR = "index"
 KINDS = ("flat", "ivf", "hnsw")
 # exact search = one GEMM per (query block, item block) then a top-n scan of its scores; the
-# block shape was chosen by measurement (bench/bench_retrieval.py --exact-blocks, 2-core
-# AVX-512 box, idle, d = 64, top-200 at 1M items): a 512 × 8192 score block (16 MB) ran at
-# 0.56-0.58 of the GEMM rate, FAISS's default 4096 × 1024 at 0.44, 1024 × 32768 (128 MB) at
-# 0.41-0.43; docs/benchmarks.md
+# block shape is the fastest of those swept by bench/bench_retrieval.py --exact-blocks (idle
+# 2-core box, d = 64, top-200 at 1M items; bench/results/retrieval_exact_blocks.json):
+# 512 × 8192 (a 16 MB score block) 342 users/s, FAISS's default 4096 × 1024 295, 1024 × 32768
+# (128 MB) 257; docs/benchmarks.md
 EXACT_QUERY_BLOCK, EXACT_ITEM_BLOCK = 512, 8192
 # the keys each kind takes (a key of another kind is a mistake, not a silent no-op)
 KIND_KEYS = {"flat": (), "ivf": ("nlist", "nprobe", "train_size"), "hnsw": ("m", "ef_construction", "ef_search")}
